@@ -1,0 +1,21 @@
+"""ddpm-lite: the small, tested library behind the diffusion course's notebooks.
+
+Modules: `schedules` (betas and the tables derived from them), `forward` (q and its posterior), `data` (MNIST and
+2-D toy data), `viz` (plots and the x_t slider).
+"""
+
+from ddpm_lite.forward import predict_x0_from_eps, q_posterior, q_sample, q_step, snr
+from ddpm_lite.schedules import NoiseSchedule, cosine_betas, linear_betas
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NoiseSchedule",
+    "cosine_betas",
+    "linear_betas",
+    "predict_x0_from_eps",
+    "q_posterior",
+    "q_sample",
+    "q_step",
+    "snr",
+]
