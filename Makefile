@@ -1,0 +1,31 @@
+# The course's two commands are `make lab` and `make test`; both install everything first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install lab test notebooks pdf clean
+
+install: $(STAMP)
+
+# One virtual environment with the course, its notebooks' and its tests' dependencies (torch ~1-2 min).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+## Open the course in JupyterLab.
+lab: install
+	$(BIN)/jupyter lab notebooks/01_forward_process.ipynb
+
+## Run every test: the library's unit tests and every notebook top to bottom (nbval).
+test: install
+	$(BIN)/python -m pytest
+
+## Re-execute every notebook in place (outputs are committed) and strip widget state and timings.
+notebooks: install
+	$(BIN)/python tools/execute_notebooks.py notebooks/*.ipynb
+
+clean:
+	rm -rf $(VENV) build .pytest_cache
