@@ -27,5 +27,10 @@ test: install
 notebooks: install
 	$(BIN)/python tools/execute_notebooks.py notebooks/*.ipynb
 
+## Build the derivation notes in math/ to PDF (needs latexmk and TeX Live; see math/Makefile).
+pdf:
+	$(MAKE) -C math pdf
+
 clean:
 	rm -rf $(VENV) build .pytest_cache
+	$(MAKE) -C math clean

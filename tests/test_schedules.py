@@ -69,7 +69,7 @@ def test_tables_agree_with_diffusers(name, diffusers_schedule):
 
 
 def test_posterior_tables_follow_ddpm_eq_7():
-    """DDPM eq. (7); math/posterior.tex eq:posterior-variance, eq:posterior-mean."""
+    """DDPM eq. (7); math/posterior.tex eq:posterior-variance, eq:posterior-mean, eq:posterior-log-variance-clipped."""
     s = NoiseSchedule.named("linear", 1000)
     beta_tilde = torch.tensor(
         [(1 - s.alpha_bar_prev[t].item()) / (1 - s.alpha_bar[t].item()) * s.beta[t].item() for t in range(s.T)],

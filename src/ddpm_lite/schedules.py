@@ -77,7 +77,7 @@ class NoiseSchedule:
     sqrt_alpha_bar: Tensor  # scale of x_0 in q(x_t | x_0); math/forward.tex eq:forward-marginal
     sqrt_one_minus_alpha_bar: Tensor  # scale of eps in q(x_t | x_0); math/forward.tex eq:reparam
     posterior_variance: Tensor  # tilde-beta_t; math/posterior.tex eq:posterior-variance
-    posterior_log_variance_clipped: Tensor  # log tilde-beta_t with t=0 replaced by t=1 (tilde-beta at t=0 is 0)
+    posterior_log_variance_clipped: Tensor  # log tilde-beta_t, t=0 takes t=1's; math/posterior.tex eq:posterior-log-variance-clipped
     posterior_mean_coef_x0: Tensor  # weight of x_0 in tilde-mu_t; math/posterior.tex eq:posterior-mean
     posterior_mean_coef_xt: Tensor  # weight of x_t in tilde-mu_t; math/posterior.tex eq:posterior-mean
 

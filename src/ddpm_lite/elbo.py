@@ -1,0 +1,155 @@
+"""The variational bound (ELBO) of DDPM, term by term, for any noise predictor.
+
+DDPM eq. (5) splits the negative ELBO into L_T + sum_{t>1} L_{t-1} + L_0. With the code's 0-based time (code t is
+the paper's t+1), `VLBTerms.terms[:, t]` is the paper's L_t for t = 0, ..., T-1: terms[:, 0] is the decoder term L_0
+and terms[:, t >= 1] is the KL of the reverse step out of code timestep t. `VLBTerms.prior` is L_T.
+Everything is in nats per example (summed over dimensions) unless named `bits_per_dim`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ddpm_lite.forward import predict_x0_from_eps, q_posterior, q_sample
+from ddpm_lite.schedules import NoiseSchedule, extract
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]  # eps_fn(x_t: (B, ...), t: (B,) int64) -> eps prediction (B, ...)
+Variance = Literal["posterior", "beta"]
+Decoder = Literal["discretized", "gaussian"]
+
+
+def normal_kl(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Tensor:
+    """KL(N(mean1, var1) || N(mean2, var2)) per coordinate, in nats; arguments broadcast, variances > 0.
+
+    math/elbo.tex eq:gaussian-kl
+    """
+    var1, var2 = torch.as_tensor(var1), torch.as_tensor(var2)
+    for name, var in (("var1", var1), ("var2", var2)):
+        if not bool((var > 0).all()):
+            raise ValueError(f"{name} must be positive, got a minimum of {var.min().item()}")
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)  # math/elbo.tex eq:gaussian-kl
+
+
+def discretized_gaussian_log_likelihood(x_0: Tensor, mean: Tensor, variance: Tensor, levels: int = 256) -> Tensor:
+    """log P(x_0) per coordinate, in nats, under DDPM's discretised decoder (Ho et al. 2020, eq. 13).
+
+    x_0 holds pixel values k / (levels - 1) * 2 - 1 for integer k; each value owns the bin of width 2 / (levels - 1)
+    around it, and the two end bins extend to -inf and +inf. mean, variance broadcast against x_0.
+    math/elbo.tex eq:discretized-decoder
+    """
+    if x_0.min() < -1 or x_0.max() > 1:
+        raise ValueError(f"x_0 must lie in [-1, 1], got values in [{x_0.min().item()}, {x_0.max().item()}]")
+    std = torch.as_tensor(variance).sqrt()
+    half_bin = 1.0 / (levels - 1)
+    upper = (x_0 - mean + half_bin) / std  # standardised bin edges
+    lower = (x_0 - mean - half_bin) / std
+    # log(Phi(upper) - Phi(lower)), computed on the side of the mode where both CDFs are small, to keep precision.
+    right = lower > 0
+    a, b = torch.where(right, -upper, lower), torch.where(right, -lower, upper)
+    middle = torch.log((torch.special.ndtr(b) - torch.special.ndtr(a)).clamp(min=1e-300))
+    first = torch.special.log_ndtr(upper)  # bin (-inf, upper] for the darkest value, x_0 = -1
+    last = torch.special.log_ndtr(-lower)  # bin [lower, +inf) for the brightest value, x_0 = 1
+    edge = half_bin / 2  # tolerance for float error in the pixel values
+    return torch.where(x_0 < -1 + edge, first, torch.where(x_0 > 1 - edge, last, middle))
+
+
+def reverse_variance(schedule: NoiseSchedule, variance: Variance) -> Tensor:
+    """sigma_t^2 of p_theta(x_{t-1} | x_t) for each code t, (T,) float64: DDPM sec. 3.2's two choices.
+
+    "beta": sigma_t^2 = beta_t at every t, the decoder L_0 included, as in the paper. (Improved DDPM's code swaps
+    t = 0's value for tilde-beta at t = 1 to raise the discretised decoder's likelihood; we keep the paper's.)
+    "posterior": sigma_t^2 = tilde-beta_t; tilde-beta is exactly 0 at t = 0, where the decoder needs a positive
+    variance, so t = 0 takes t = 1's value, as in Improved DDPM's code.
+    math/posterior.tex eq:reverse-variance-choices, eq:posterior-log-variance-clipped
+    """
+    if variance == "beta":
+        return schedule.beta
+    if variance == "posterior":
+        return schedule.posterior_log_variance_clipped.exp()
+    raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+
+
+def vlb_weights(schedule: NoiseSchedule, variance: Variance = "posterior") -> Tensor:
+    """lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)), (T,) float64.
+
+    L_t = lambda_t E ||eps - eps_theta(x_t, t)||^2 for the KL terms (and for L_0 with a Gaussian decoder); L_simple
+    sets every lambda_t to 1. math/elbo.tex eq:lambda-t, eq:loss-eps
+    """
+    sigma2 = reverse_variance(schedule, variance)
+    return schedule.beta**2 / (2 * sigma2 * schedule.alpha * (1 - schedule.alpha_bar))  # math/elbo.tex eq:lambda-t
+
+
+@dataclass(frozen=True, eq=False)
+class VLBTerms:
+    """The negative ELBO of a batch, term by term, in nats per example."""
+
+    prior: Tensor  # (B,) L_T = KL(q(x_T | x_0) || N(0, I)); math/elbo.tex eq:prior-term
+    terms: Tensor  # (B, T) terms[:, t] = the paper's L_t: L_0 decoder NLL at t = 0, reverse-step KLs for t >= 1
+    total: Tensor  # (B,) -ELBO = prior + terms.sum(1) >= -log p(x_0); math/elbo.tex eq:elbo-decomposition
+    bits_per_dim: Tensor  # (B,) total / (D ln 2); math/elbo.tex eq:bits-per-dim
+
+
+@torch.no_grad()
+def vlb_terms(
+    eps_fn: EpsFn,
+    schedule: NoiseSchedule,
+    x_0: Tensor,
+    *,
+    variance: Variance = "posterior",
+    decoder: Decoder = "discretized",
+    generator: torch.Generator | None = None,
+) -> VLBTerms:
+    """Every term of DDPM's variational bound (eq. 5) for each example of x_0, one x_t sample per term.
+
+    eps_fn(x_t, t) -> predicted eps, like x_t: a trained model or an exact predictor. x_0: (B, ...); images in [-1, 1]
+    for decoder="discretized" (DDPM eq. 13), any real data for decoder="gaussian" (a density, so -ELBO bounds
+    -log p(x_0) of continuous data). variance: the reverse-process variance sigma_t^2 (DDPM sec. 3.2).
+    Costs T calls of eps_fn on the batch. math/elbo.tex eq:elbo-decomposition
+    """
+    if not isinstance(x_0, Tensor) or x_0.ndim < 2:
+        raise ValueError(f"x_0 must be a tensor of shape (B, ...) with at least 2 dimensions, got {_describe(x_0)}")
+    if decoder not in ("discretized", "gaussian"):
+        raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
+    sigma2_table = reverse_variance(schedule, variance)
+    x_0 = x_0.to(torch.float64)
+    batch, dims = x_0.shape[0], x_0[0].numel()
+    sum_dims = tuple(range(1, x_0.ndim))
+
+    # L_T: q(x_T | x_0) = N(sqrt(alpha_bar) x_0, (1 - alpha_bar) I) against the prior N(0, I); no parameters.
+    last = schedule.T - 1
+    prior = normal_kl(
+        schedule.sqrt_alpha_bar[last] * x_0, 1 - schedule.alpha_bar[last], torch.zeros(()), torch.ones(())
+    ).sum(sum_dims)  # math/elbo.tex eq:prior-term
+
+    terms = torch.empty(batch, schedule.T, dtype=torch.float64)
+    for step in range(schedule.T):
+        t = torch.full((batch,), step, dtype=torch.int64)
+        eps = torch.randn(x_0.shape, generator=generator, dtype=torch.float64)
+        x_t = q_sample(schedule, x_0, t, eps)
+        eps_pred = eps_fn(x_t.to(torch.float32), t).to(torch.float64)
+        if eps_pred.shape != x_t.shape:
+            raise ValueError(f"eps_fn must return the shape of x_t, {tuple(x_t.shape)}, got {tuple(eps_pred.shape)}")
+        # p_theta's mean: the posterior mean at the predicted x_0 (DDPM eq. 11); math/posterior.tex eq:posterior-mean-eps
+        mean_pred, _ = q_posterior(schedule, predict_x0_from_eps(schedule, x_t, t, eps_pred), x_t, t)
+        sigma2 = extract(sigma2_table, t, x_t)
+        if step == 0:  # L_0 = -log p_theta(x_0 | x_1)
+            if decoder == "discretized":
+                log_p = discretized_gaussian_log_likelihood(x_0, mean_pred, sigma2)  # math/elbo.tex eq:discretized-decoder
+            else:
+                log_p = -0.5 * ((x_0 - mean_pred) ** 2 / sigma2 + torch.log(2 * math.pi * sigma2))
+            terms[:, 0] = -log_p.sum(sum_dims)
+        else:  # L_t = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)); math/elbo.tex eq:gaussian-kl
+            mean_true, var_true = q_posterior(schedule, x_0, x_t, t)
+            terms[:, step] = normal_kl(mean_true, var_true, mean_pred, sigma2).sum(sum_dims)
+    total = prior + terms.sum(1)  # DDPM eq. (5); math/elbo.tex eq:elbo-decomposition
+    return VLBTerms(prior=prior, terms=terms, total=total, bits_per_dim=total / (dims * math.log(2)))
+
+
+def _describe(value: object) -> str:
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
