@@ -1,0 +1,126 @@
+"""Samplers: DDPM and DDIM steps against diffusers' schedulers, identities, and sampling the exact mixture."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from ddpm_lite.data import gaussian_mixture
+from ddpm_lite.exact import mixture_eps_fn
+from ddpm_lite.samplers import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
+from ddpm_lite.schedules import NoiseSchedule
+
+diffusers = pytest.importorskip("diffusers")
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return NoiseSchedule.named("linear", 1000)
+
+
+@pytest.mark.parametrize(("variance", "variance_type"), [("posterior", "fixed_small"), ("beta", "fixed_large")])
+@pytest.mark.parametrize("clip_x0", [False, True])
+def test_ddpm_step_matches_diffusers(schedule, variance, variance_type, clip_x0):
+    """DDPM Algorithm 2 against diffusers' DDPMScheduler.step (float32), with the same noise.
+    math/posterior.tex eq:posterior-mean-eps, eq:reverse-variance-choices."""
+    reference = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                        variance_type=variance_type, clip_sample=clip_x0)
+    g = torch.Generator().manual_seed(0)
+    x_t, eps = torch.randn(2, 1, 4, 4, generator=g) * 1.5, torch.randn(2, 1, 4, 4, generator=g)
+    for t in (999, 500, 10, 1, 0):
+        expected = reference.step(eps, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
+        noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t))
+        got = ddpm_step(schedule, x_t, t, eps, noise, variance=variance, clip_x0=clip_x0)
+        assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_step_matches_diffusers(schedule, eta):
+    """DDIM eqs. (12) and (16) against diffusers' DDIMScheduler.step, 50 uniform steps."""
+    reference = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
+                                        set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
+    reference.set_timesteps(50)
+    tau = ddim_timesteps(1000, 50)
+    assert reference.timesteps.tolist() == tau.flip(0).tolist()
+    g = torch.Generator().manual_seed(1)
+    x_t, eps = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    pairs = list(zip(tau.flip(0).tolist(), [*tau.flip(0)[1:].tolist(), -1]))
+    for t, t_prev in pairs[:3] + pairs[-2:]:
+        expected = reference.step(eps, t, x_t, eta=eta, generator=torch.Generator().manual_seed(t)).prev_sample
+        noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(t))
+        assert_close(ddim_step(schedule, x_t, t, t_prev, eps, eta, noise), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ddim_with_eta_one_and_every_step_is_ddpm_with_posterior_variance(schedule):
+    """DDIM eq. (16) at eta = 1 gives sigma_t^2 = tilde-beta_t: the DDIM step equals the DDPM step exactly."""
+    g = torch.Generator().manual_seed(2)
+    x_t, eps, noise = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    for t in (999, 400, 7, 1):
+        ddim = ddim_step(schedule, x_t, t, t - 1, eps, 1.0, noise)
+        ddpm = ddpm_step(schedule, x_t, t, eps, noise, variance="posterior")
+        assert_close(ddim, ddpm, rtol=1e-10, atol=1e-12)
+
+
+def test_ddim_timesteps():
+    assert ddim_timesteps(1000, 10).tolist() == list(range(0, 1000, 100))
+    quad = ddim_timesteps(1000, 20, "quadratic")
+    assert quad[0] == 0 and quad[-1] == int(0.8 * 1000) and torch.all(quad[1:] > quad[:-1])
+    assert ddim_timesteps(1000, 1000).tolist() == list(range(1000))
+    for bad, match in [(dict(steps=0), "steps"), (dict(steps=1001), "steps"), (dict(steps=10, spacing="log"), "spacing")]:
+        with pytest.raises(ValueError, match=match):
+            ddim_timesteps(1000, **bad)
+
+
+def test_ddim_step_rejects_bad_arguments(schedule):
+    x = torch.zeros(1, 2)
+    with pytest.raises(ValueError, match="t_prev"):
+        ddim_step(schedule, x, 10, 10, x, 0.0, None)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step(schedule, x, 10, 5, x, -0.1, None)
+    with pytest.raises(ValueError, match="noise is required"):
+        ddim_step(schedule, x, 10, 5, x, 0.5, None)
+
+
+class ExactMixtureModel(torch.nn.Module):
+    """The exact eps-predictor of a Gaussian mixture, wrapped as a module for the samplers."""
+
+    def __init__(self, mixture, schedule):
+        super().__init__()
+        self.eps_fn = mixture_eps_fn(mixture, schedule)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the samplers a device to read
+
+    def forward(self, x_t, t):
+        return self.eps_fn(x_t, t)
+
+
+def sliced_w2(x, y, n=128):
+    directions = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    directions /= directions.norm(dim=1, keepdim=True)
+    px, py = (x.double() @ directions.T).sort(0).values, (y.double() @ directions.T).sort(0).values
+    return ((px - py) ** 2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim-100"])
+def test_sampling_the_exact_predictor_recovers_the_mixture(sampler):
+    """With the exact predictor all error is the sampler's: N = 2,000 samples must be within 2x of the
+    data-vs-data sliced Wasserstein floor at the same N, and recover the mixture's mean and covariance."""
+    schedule = NoiseSchedule.named("linear", 1000)
+    _, mixture = gaussian_mixture(1)
+    model = ExactMixtureModel(mixture, schedule)
+    g = torch.Generator().manual_seed(3)
+    if sampler == "ddpm":
+        x = ddpm_sample(model, schedule, (2000, 2), generator=g, progress=False)
+    else:
+        x = ddim_sample(model, schedule, (2000, 2), steps=100, generator=g, progress=False)
+    reference, other = mixture.sample(2000, g), mixture.sample(2000, g)
+    assert sliced_w2(x, reference) < 2 * sliced_w2(other, reference)
+    assert_close(x.double().mean(0), mixture.mean(), rtol=0, atol=5 * math.sqrt(1.3 / 2000))
+
+
+def test_callback_sees_every_step(schedule):
+    seen = []
+    model = ExactMixtureModel(gaussian_mixture(1)[1], schedule)
+    ddim_sample(model, schedule, (4, 2), steps=5, callback=lambda i, t, x, x0: seen.append((i, t, x.shape, x0.shape)),
+                progress=False)
+    assert [(i, t) for i, t, _, _ in seen] == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
