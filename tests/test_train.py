@@ -1,0 +1,154 @@
+"""The training loop: it learns, resumes bit for bit, stops on a non-finite loss, and writes checkpoints atomically."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddpm_lite.data import gaussian_mixture
+from ddpm_lite.models import MLPConfig, UNet, UNetConfig
+from ddpm_lite.train import (
+    CHECKPOINT_NAME,
+    CONFIGS,
+    NonFiniteLossError,
+    TrainConfig,
+    load_checkpoint,
+    load_ema_model,
+    train,
+)
+
+SMALL = TrainConfig(name="small", data="mixture", model=MLPConfig(hidden=32, depth=2, time_dim=16), T=100,
+                    steps=40, batch_size=64, lr=2e-3, warmup=5, ema_decay=0.9, checkpoint_every=10)
+# A tiny UNet with dropout: resuming must also restore the global RNG that dropout draws from.
+TINY_UNET = dataclasses.replace(SMALL, name="tiny-unet", data="mnist", steps=12, batch_size=4, checkpoint_every=4,
+                                model=UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2),
+                                                 num_res_blocks=1, attention_resolutions=(4,), dropout=0.2, groups=4))
+
+
+@pytest.fixture(scope="module")
+def points():
+    return gaussian_mixture(2000, generator=torch.Generator().manual_seed(0))[0]
+
+
+def test_ddpm_loss_is_l_simple(points):
+    """DDPM Algorithm 1 lines 2-5; math/elbo.tex eq:l-simple: the same draws of t and eps give the same loss."""
+    from ddpm_lite.models import TimeMLP
+    from ddpm_lite.schedules import NoiseSchedule
+    from ddpm_lite.train import ddpm_loss
+
+    torch.manual_seed(0)
+    model, schedule, x_0 = TimeMLP(SMALL.model), NoiseSchedule.named("linear", 100), points[:32]
+    g = torch.Generator().manual_seed(1)
+    t, eps = torch.randint(0, 100, (32,), generator=g), torch.randn(x_0.shape, generator=g)
+    ab = schedule.alpha_bar[t].float()[:, None]
+    expected = ((eps - model(ab.sqrt() * x_0 + (1 - ab).sqrt() * eps, t)) ** 2).mean()
+    torch.testing.assert_close(ddpm_loss(model, schedule, x_0, generator=torch.Generator().manual_seed(1)), expected)
+
+
+def test_loss_decreases_on_2d_data(points):
+    """A fixed small budget: 300 steps. The mean loss of the last 50 steps is below 80% of the first 50's."""
+    result = train(dataclasses.replace(SMALL, steps=300), points, device="cpu", progress=False)
+    first, last = sum(result.losses[:50]) / 50, sum(result.losses[-50:]) / 50
+    assert last < 0.8 * first, (first, last)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("config", [SMALL, TINY_UNET], ids=["mlp", "unet-dropout"])
+def test_resume_is_bit_identical(config, points, tmp_path):
+    data = points if config is SMALL else torch.rand(32, 1, 8, 8) * 2 - 1
+    straight = train(config, data, tmp_path / "straight", device="cpu", progress=False)
+    interrupted = tmp_path / "interrupted"
+    train(config, data, interrupted, device="cpu", progress=False, stop_after=config.steps // 2 + 1)
+    assert torch.load(interrupted / CHECKPOINT_NAME, weights_only=False)["step"] == config.steps // 2 + 1
+    resumed = train(config, data, interrupted, resume=True, device="cpu", progress=False)
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    assert_same_state(straight.ema.state_dict(), resumed.ema.state_dict())
+    assert straight.losses == resumed.losses
+
+
+def test_killed_command_line_run_resumes_to_the_same_weights(tmp_path):
+    """`python -m ddpm_lite train` killed (SIGKILL) after its first checkpoint, then rerun with --resume."""
+    env = {**os.environ, "DDPM_LITE_OFFLINE": "1"}
+    command = [sys.executable, "-m", "ddpm_lite", "train", "--config", "2d", "--steps", "600",
+               "--checkpoint-every", "100", "--device", "cpu", "--no-progress"]
+    subprocess.run([*command, "--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen([*command, "--out", str(run)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / CHECKPOINT_NAME).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = torch.load(run / CHECKPOINT_NAME, weights_only=False)["step"]
+    assert killed_at < 600, "the run finished before it could be killed; make it longer"
+    subprocess.run([*command, "--out", str(run), "--resume"], check=True, env=env, capture_output=True)
+
+    a = torch.load(tmp_path / "straight" / CHECKPOINT_NAME, weights_only=False)
+    b = torch.load(run / CHECKPOINT_NAME, weights_only=False)
+    assert a["step"] == b["step"] == 600
+    assert_same_state(a["model"], b["model"])
+    assert_same_state(a["ema"], b["ema"])
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(points, tmp_path):
+    config = dataclasses.replace(SMALL, steps=20)
+    train(config, points, tmp_path, device="cpu", progress=False)
+    good = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    poisoned = torch.full_like(points, float("nan"))
+    with pytest.raises(NonFiniteLossError, match="at step 21"):
+        train(dataclasses.replace(config, steps=40), poisoned, tmp_path, resume=True, device="cpu", progress=False)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
+
+
+def test_checkpoint_write_is_atomic(points, tmp_path, monkeypatch):
+    """If writing fails halfway, the previous checkpoint is intact and no temporary file is left."""
+    config = dataclasses.replace(SMALL, steps=10)
+    train(config, points, tmp_path, device="cpu", progress=False)
+    good = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    real_save = torch.save
+
+    def save_half_then_fail(obj, file, *args, **kwargs):
+        real_save(obj, file, *args, **kwargs)
+        file.truncate(100)  # a half-written file...
+        raise OSError("disk full")  # ...and a crash
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        train(dataclasses.replace(config, steps=20), points, tmp_path, resume=True, device="cpu", progress=False)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
+
+
+def test_loading_into_another_config_fails_clearly(points, tmp_path):
+    train(dataclasses.replace(SMALL, steps=10), points, tmp_path, device="cpu", progress=False)
+    other = UNet(UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, groups=4))
+    with pytest.raises(ValueError, match="another network config"):
+        load_checkpoint(tmp_path / CHECKPOINT_NAME, other)
+    with pytest.raises(ValueError, match="lr: checkpoint 0.002 vs requested 0.1"):
+        train(dataclasses.replace(SMALL, lr=0.1), points, tmp_path, resume=True, device="cpu", progress=False)
+
+
+def test_ema_model_loads_for_sampling(points, tmp_path):
+    result = train(dataclasses.replace(SMALL, steps=10), points, tmp_path, device="cpu", progress=False)
+    model, config = load_ema_model(tmp_path / CHECKPOINT_NAME)
+    assert config.model == SMALL.model and not model.training
+    assert_same_state(model.state_dict(), result.ema.state_dict())
+
+
+def test_presets_are_valid():
+    assert set(CONFIGS) == {"2d", "mnist", "cifar10"}
+    assert CONFIGS["cifar10"].lr == 2e-4 and CONFIGS["cifar10"].batch_size == 128
+    assert CONFIGS["cifar10"].ema_decay == 0.9999 and CONFIGS["cifar10"].model.dropout == 0.1
