@@ -1,7 +1,9 @@
 """ddpm-lite: the small, tested library behind the diffusion course's notebooks.
 
-Modules: `schedules` (betas and the tables derived from them), `forward` (q and its posterior), `data` (MNIST and
-2-D toy data), `viz` (plots and the x_t slider).
+Modules: `schedules` (betas and the tables derived from them), `forward` (q and its posterior), `elbo` (the
+variational bound term by term), `exact` (the exact noise predictor for Gaussian mixtures), `data` (MNIST and 2-D toy
+data), `models` (MLP and UNet noise predictors), `train` (Algorithm 1, checkpoints), `samplers` (DDPM and DDIM),
+`metrics` (offline sample quality), `viz` (plots and the x_t slider). `python -m ddpm_lite` is the command line.
 """
 
 from ddpm_lite.forward import predict_x0_from_eps, q_posterior, q_sample, q_step, snr
