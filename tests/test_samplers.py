@@ -124,3 +124,34 @@ def test_callback_sees_every_step(schedule):
     ddim_sample(model, schedule, (4, 2), steps=5, callback=lambda i, t, x, x0: seen.append((i, t, x.shape, x0.shape)),
                 progress=False)
     assert [(i, t) for i, t, _, _ in seen] == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
+
+
+def test_ddim_inversion_round_trip_error_shrinks_with_steps():
+    """x_0 -> ddim_invert -> ddim_sample (eta = 0) returns to x_0, better with more steps (exact predictor, 200 points)."""
+    from ddpm_lite.samplers import ddim_invert
+
+    schedule = NoiseSchedule.named("linear", 1000)
+    x_0, mixture = gaussian_mixture(200, generator=torch.Generator().manual_seed(4))
+    model = ExactMixtureModel(mixture, schedule)
+    errors = []
+    for steps in (10, 100):
+        x_T = ddim_invert(model, schedule, x_0, steps=steps, progress=False)
+        back = ddim_sample(model, schedule, x_0.shape, steps=steps, x_T=x_T, progress=False)
+        errors.append((back - x_0).pow(2).sum(1).sqrt().mean().item())
+    assert errors[1] < 0.5 * errors[0] and errors[1] < 0.05, errors
+
+
+def test_slerp_endpoints_and_norm():
+    from ddpm_lite.samplers import slerp
+
+    g = torch.Generator().manual_seed(5)
+    z_0, z_1 = torch.randn(3, 1, 28, 28, generator=g), torch.randn(3, 1, 28, 28, generator=g)
+    assert_close(slerp(z_0, z_1, 0.0), z_0, rtol=1e-5, atol=1e-5)
+    assert_close(slerp(z_0, z_1, 1.0), z_1, rtol=1e-5, atol=1e-5)
+    path = slerp(z_0, z_1, torch.linspace(0, 1, 5))
+    assert path.shape == (5, 3, 1, 28, 28)
+    norms = path.flatten(2).norm(dim=2)  # near sqrt(784) = 28 all along, unlike the straight line's midpoint
+    assert (norms - 28).abs().max() < 2.5
+    assert ((z_0 + z_1) / 2).flatten(1).norm(dim=1).max() < 22
+    with pytest.raises(ValueError, match="weight"):
+        slerp(z_0, z_1, 1.5)

@@ -173,3 +173,58 @@ def ddim_sample(
             callback(index, step, x_next, predict_x0_from_eps(schedule, x, t, eps))
         x = x_next
     return x
+
+
+@torch.inference_mode()
+def ddim_invert(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x_0: Tensor,
+    *,
+    steps: int,
+    spacing: Spacing = "uniform",
+    callback: Callback | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Encode x_0 into x_T by running the eta = 0 DDIM update in the noising direction (DDIM sec. 5.4).
+
+    Each step reuses the noise predicted at the current, cleaner timestep: x_{t'} = sqrt(a') x_0_pred +
+    sqrt(1 - a') eps_theta(x_t, t) for t < t'. That is the Euler step of the ODE in the other direction, so
+    `ddim_sample(..., x_T=ddim_invert(...), steps=same)` returns close to x_0, closer as `steps` grows. x_0: (B, ...).
+    """
+    device = next(model.parameters()).device
+    tau = ddim_timesteps(schedule.T, steps, spacing).tolist()
+    x = x_0.detach().to(device)
+    pairs = list(zip([-1] + tau[:-1], tau))  # (from, to), from clean (alpha_bar = 1) to noisy
+    for index, (step_from, step_to) in enumerate(tqdm(pairs, desc=f"DDIM inversion-{steps}", disable=not progress)):
+        alpha_bar_from = schedule.alpha_bar[step_from].item() if step_from >= 0 else 1.0
+        alpha_bar_to = schedule.alpha_bar[step_to].item()
+        t = torch.full((x.shape[0],), max(step_from, 0), dtype=torch.int64, device=device)
+        eps = model(x, t)
+        x_0_pred = (x - math.sqrt(1 - alpha_bar_from) * eps) / math.sqrt(alpha_bar_from)
+        x = math.sqrt(alpha_bar_to) * x_0_pred + math.sqrt(1 - alpha_bar_to) * eps  # DDIM eq. (12), eta = 0, reversed
+        if callback is not None:
+            callback(index, step_to, x, x_0_pred)
+    return x
+
+
+def slerp(z_0: Tensor, z_1: Tensor, weight: float | Tensor) -> Tensor:
+    """Spherical interpolation between noises z_0 and z_1 (B, ...) at weight in [0, 1] (a float or (K,) for K steps).
+
+    Gaussian noise in high dimension lives near a sphere of radius sqrt(D); a straight line between two such points
+    passes well inside it (noise no sampler was trained on), the great circle does not (DDIM sec. 5.3 and appendix D.5).
+    Returns (B, ...) for a float weight, (K, B, ...) for a (K,) weight.
+    """
+    if z_0.shape != z_1.shape:
+        raise ValueError(f"z_1 must have the shape of z_0 {tuple(z_0.shape)}, got {tuple(z_1.shape)}")
+    w = torch.as_tensor(weight, dtype=z_0.dtype)
+    if torch.any((w < 0) | (w > 1)):
+        raise ValueError(f"weight must lie in [0, 1], got {weight}")
+    a, b = z_0.flatten(1), z_1.flatten(1)
+    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1.0, 1.0))  # (B,)
+    w_ = w.reshape(-1, 1) if w.ndim else w.reshape(1, 1)  # (K, 1)
+    sin = torch.sin(theta).clamp(min=1e-12)
+    out = (torch.sin((1 - w_) * theta) / sin)[..., None] * a + (torch.sin(w_ * theta) / sin)[..., None] * b  # (K, B, D)
+    out = out.reshape(out.shape[0], *z_0.shape)
+    return out if w.ndim else out[0]
