@@ -37,7 +37,8 @@ def test_ddpm_step_matches_diffusers(schedule, variance, variance_type, clip_x0)
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_step_matches_diffusers(schedule, eta):
-    """DDIM eqs. (12) and (16) against diffusers' DDIMScheduler.step, 50 uniform steps."""
+    """DDIM eqs. (12) and (16) against diffusers' DDIMScheduler.step, 50 uniform steps.
+    math/ddim.tex eq:ddim-step, eq:ddim-sigma, eq:ddim-predicted-x0, eq:ddim-skip."""
     reference = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
                                         set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
     reference.set_timesteps(50)
@@ -53,7 +54,8 @@ def test_ddim_step_matches_diffusers(schedule, eta):
 
 
 def test_ddim_with_eta_one_and_every_step_is_ddpm_with_posterior_variance(schedule):
-    """DDIM eq. (16) at eta = 1 gives sigma_t^2 = tilde-beta_t: the DDIM step equals the DDPM step exactly."""
+    """DDIM eq. (16) at eta = 1 gives sigma_t^2 = tilde-beta_t: the DDIM step equals the DDPM step exactly.
+    math/ddim.tex eq:ddim-eta-one, eq:ddim-eta-one-mean."""
     g = torch.Generator().manual_seed(2)
     x_t, eps, noise = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
     for t in (999, 400, 7, 1):
@@ -63,6 +65,7 @@ def test_ddim_with_eta_one_and_every_step_is_ddpm_with_posterior_variance(schedu
 
 
 def test_ddim_timesteps():
+    """math/ddim.tex eq:ddim-spacing."""
     assert ddim_timesteps(1000, 10).tolist() == list(range(0, 1000, 100))
     quad = ddim_timesteps(1000, 20, "quadratic")
     assert quad[0] == 0 and quad[-1] == int(0.8 * 1000) and torch.all(quad[1:] > quad[:-1])
@@ -127,7 +130,8 @@ def test_callback_sees_every_step(schedule):
 
 
 def test_ddim_inversion_round_trip_error_shrinks_with_steps():
-    """x_0 -> ddim_invert -> ddim_sample (eta = 0) returns to x_0, better with more steps (exact predictor, 200 points)."""
+    """x_0 -> ddim_invert -> ddim_sample (eta = 0) returns to x_0, better with more steps (exact predictor, 200 points).
+    math/ddim.tex eq:ddim-inversion."""
     from ddpm_lite.samplers import ddim_invert
 
     schedule = NoiseSchedule.named("linear", 1000)

@@ -89,6 +89,7 @@ def ddim_timesteps(T: int, steps: int, spacing: Spacing = "uniform") -> Tensor:
 
     "uniform": 0, c, 2c, ... with c = T // steps (the DDIM code's choice); "quadratic": floor of
     (linspace(0, sqrt(0.8 T), steps))^2, denser near the data (used for CIFAR-10 in the DDIM paper).
+    math/ddim.tex eq:ddim-skip, eq:ddim-spacing
     """
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"steps must be an int in [1, T={T}], got {steps!r}")
@@ -126,13 +127,13 @@ def ddim_step(
     alpha_bar = schedule.alpha_bar[t].item()
     alpha_bar_prev = schedule.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
     # 1. predicted x_0, "the prediction of x_0" in DDIM eq. (12)
-    x_0_pred = (x_t - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)  # math/forward.tex eq:predict-x0
+    x_0_pred = (x_t - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)  # math/ddim.tex eq:ddim-predicted-x0
     if clip_x0:
         x_0_pred = x_0_pred.clamp(-1.0, 1.0)
     # 2. sigma_t(eta), DDIM eq. (16)
-    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * math.sqrt(1 - alpha_bar / alpha_bar_prev)
+    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * math.sqrt(1 - alpha_bar / alpha_bar_prev)  # eq:ddim-sigma
     # 3. "direction pointing to x_t" and the random noise, DDIM eq. (12)
-    x_prev = math.sqrt(alpha_bar_prev) * x_0_pred + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps
+    x_prev = math.sqrt(alpha_bar_prev) * x_0_pred + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps  # eq:ddim-step
     if sigma > 0:
         if noise is None:
             raise ValueError(f"noise is required when eta > 0 (eta={eta})")
@@ -202,7 +203,7 @@ def ddim_invert(
         t = torch.full((x.shape[0],), max(step_from, 0), dtype=torch.int64, device=device)
         eps = model(x, t)
         x_0_pred = (x - math.sqrt(1 - alpha_bar_from) * eps) / math.sqrt(alpha_bar_from)
-        x = math.sqrt(alpha_bar_to) * x_0_pred + math.sqrt(1 - alpha_bar_to) * eps  # DDIM eq. (12), eta = 0, reversed
+        x = math.sqrt(alpha_bar_to) * x_0_pred + math.sqrt(1 - alpha_bar_to) * eps  # math/ddim.tex eq:ddim-inversion
         if callback is not None:
             callback(index, step_to, x, x_0_pred)
     return x
