@@ -7,7 +7,7 @@ import torch
 from torch.testing import assert_close
 
 from ddpm_lite.data import gaussian_mixture
-from ddpm_lite.exact import mixture_eps_fn
+from ddpm_lite.exact import MixtureEpsModel, mixture_eps_fn
 from ddpm_lite.samplers import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
 from ddpm_lite.schedules import NoiseSchedule
 
@@ -85,18 +85,6 @@ def test_ddim_step_rejects_bad_arguments(schedule):
         ddim_step(schedule, x, 10, 5, x, 0.5, None)
 
 
-class ExactMixtureModel(torch.nn.Module):
-    """The exact eps-predictor of a Gaussian mixture, wrapped as a module for the samplers."""
-
-    def __init__(self, mixture, schedule):
-        super().__init__()
-        self.eps_fn = mixture_eps_fn(mixture, schedule)
-        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the samplers a device to read
-
-    def forward(self, x_t, t):
-        return self.eps_fn(x_t, t)
-
-
 def sliced_w2(x, y, n=128):
     directions = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     directions /= directions.norm(dim=1, keepdim=True)
@@ -110,7 +98,7 @@ def test_sampling_the_exact_predictor_recovers_the_mixture(sampler):
     data-vs-data sliced Wasserstein floor at the same N, and recover the mixture's mean and covariance."""
     schedule = NoiseSchedule.named("linear", 1000)
     _, mixture = gaussian_mixture(1)
-    model = ExactMixtureModel(mixture, schedule)
+    model = MixtureEpsModel(mixture, schedule)
     g = torch.Generator().manual_seed(3)
     if sampler == "ddpm":
         x = ddpm_sample(model, schedule, (2000, 2), generator=g, progress=False)
@@ -123,7 +111,7 @@ def test_sampling_the_exact_predictor_recovers_the_mixture(sampler):
 
 def test_callback_sees_every_step(schedule):
     seen = []
-    model = ExactMixtureModel(gaussian_mixture(1)[1], schedule)
+    model = MixtureEpsModel(gaussian_mixture(1)[1], schedule)
     ddim_sample(model, schedule, (4, 2), steps=5, callback=lambda i, t, x, x0: seen.append((i, t, x.shape, x0.shape)),
                 progress=False)
     assert [(i, t) for i, t, _, _ in seen] == [(0, 800), (1, 600), (2, 400), (3, 200), (4, 0)]
@@ -136,7 +124,7 @@ def test_ddim_inversion_round_trip_error_shrinks_with_steps():
 
     schedule = NoiseSchedule.named("linear", 1000)
     x_0, mixture = gaussian_mixture(200, generator=torch.Generator().manual_seed(4))
-    model = ExactMixtureModel(mixture, schedule)
+    model = MixtureEpsModel(mixture, schedule)
     errors = []
     for steps in (10, 100):
         x_T = ddim_invert(model, schedule, x_0, steps=steps, progress=False)
@@ -188,7 +176,7 @@ def test_one_ddim_step_with_the_exact_predictor_keeps_the_marginal(eta):
 
 def test_samplers_are_reproducible_with_a_seeded_generator():
     schedule = NoiseSchedule.named("linear", 1000)
-    model = ExactMixtureModel(gaussian_mixture(1)[1], schedule)
+    model = MixtureEpsModel(gaussian_mixture(1)[1], schedule)
     runs = [ddim_sample(model, schedule, (50, 2), steps=10, eta=0.5, generator=torch.Generator().manual_seed(7),
                         progress=False) for _ in range(2)]
     assert torch.equal(runs[0], runs[1])

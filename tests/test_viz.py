@@ -113,3 +113,16 @@ def test_forward_gallery_has_one_cell_per_schedule_and_t(data):
     row_labels = [text.get_text() for ax in (fig.axes[0], fig.axes[3]) for text in ax.texts]
     assert row_labels == ["linear", "cosine"]
     plt.close(fig)
+
+
+def test_trajectory_frames_differ_and_slider_spans_them():
+    from ddpm_lite.viz import draw_trajectory_frame, trajectory_slider
+
+    g = torch.Generator().manual_seed(1)
+    xs, x0s = torch.randn(3, 4, 1, 8, 8, generator=g), torch.rand(3, 4, 1, 8, 8, generator=g) * 2 - 1
+    first, last = render(draw_trajectory_frame(0, [999, 500, 0], xs, x0s)), render(draw_trajectory_frame(2, [999, 500, 0], xs, x0s))
+    assert (first != last).any()
+    slider = trajectory_slider([999, 500, 0], xs, x0s).children[0]
+    assert (slider.min, slider.max) == (0, 2)
+    with pytest.raises(ValueError, match="same frames"):
+        draw_trajectory_frame(0, [1, 2], xs, x0s)

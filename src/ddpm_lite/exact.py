@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ddpm_lite.data import GaussianMixture
 from ddpm_lite.schedules import NoiseSchedule, timesteps
@@ -45,3 +45,14 @@ def mixture_eps_fn(mixture: GaussianMixture, schedule: NoiseSchedule):
         return mixture_eps(mixture, schedule, x_t, t)
 
     return eps_fn
+
+
+class MixtureEpsModel(nn.Module):
+    """`mixture_eps` as a module, so samplers and training code can call the exact predictor like a network."""
+
+    def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
+        super().__init__()
+        self.mixture, self.schedule = mixture, schedule
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return mixture_eps(self.mixture, self.schedule, x_t, t)

@@ -24,6 +24,13 @@ Callback = Callable[[int, int, Tensor, Tensor], None]
 Spacing = Literal["uniform", "quadratic"]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer; the CPU for a module with neither (an exact predictor)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device
+    return torch.device("cpu")
+
+
 def ddpm_step(
     schedule: NoiseSchedule,
     x_t: Tensor,
@@ -71,7 +78,7 @@ def ddpm_sample(
 
     The noise is drawn on the CPU from `generator` (so results do not depend on the device) and moved.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     x = torch.randn(shape, generator=generator).to(device)  # 1. x_T ~ N(0, I)
     for index, step in enumerate(tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress)):  # 2.
         t = torch.full((shape[0],), step, dtype=torch.int64, device=device)
@@ -161,7 +168,7 @@ def ddim_sample(
 
     Starts from x_T ~ N(0, I) (or the given `x_T`, e.g. from `ddim_invert`). Returns x_0, `shape`, on `device`.
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     tau = ddim_timesteps(schedule.T, steps, spacing).tolist()
     x = (torch.randn(shape, generator=generator) if x_T is None else x_T.detach().cpu()).to(device)
     pairs = list(zip(reversed(tau), reversed([-1] + tau[:-1])))  # (t, t_prev) from noisy to clean
@@ -193,7 +200,7 @@ def ddim_invert(
     sqrt(1 - a') eps_theta(x_t, t) for t < t'. That is the Euler step of the ODE in the other direction, so
     `ddim_sample(..., x_T=ddim_invert(...), steps=same)` returns close to x_0, closer as `steps` grows. x_0: (B, ...).
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     tau = ddim_timesteps(schedule.T, steps, spacing).tolist()
     x = x_0.detach().to(device)
     pairs = list(zip([-1] + tau[:-1], tau))  # (from, to), from clean (alpha_bar = 1) to noisy

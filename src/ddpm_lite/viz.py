@@ -195,3 +195,34 @@ def xt_slider(
 
     output = widgets.interactive_output(redraw, {"t": t_slider, "schedule": choice})
     return widgets.VBox([widgets.HBox([t_slider, choice]), output])
+
+
+def draw_trajectory_frame(index: int, ts: Sequence[int], xs: Tensor, x0s: Tensor, nrow: int = 4) -> Figure:
+    """One frame of a sampling trajectory: x_t and the predicted x_0 side by side at ts[index].
+
+    xs, x0s: (K, B, 1, H, W) frames recorded by a sampler's callback; ts: the K code timesteps they belong to.
+    """
+    if xs.shape != x0s.shape or len(ts) != len(xs):
+        raise ValueError(f"xs, x0s and ts must describe the same frames, got {tuple(xs.shape)}, "
+                         f"{tuple(x0s.shape)} and {len(ts)} timesteps")
+    fig, (ax_xt, ax_x0) = plt.subplots(1, 2, figsize=(8, 4.3), layout="constrained")
+    show_images(xs[index], nrow=nrow, ax=ax_xt, title=rf"$x_t$ at t = {ts[index]}")
+    show_images(x0s[index].clamp(*IMAGE_RANGE), nrow=nrow, ax=ax_x0,
+                title=rf"predicted $\hat x_0(x_t, t)$ at t = {ts[index]}")
+    return fig
+
+
+def trajectory_slider(ts: Sequence[int], xs: Tensor, x0s: Tensor, nrow: int = 4):
+    """A slider over the recorded frames of a sampling run (`draw_trajectory_frame`); core widgets only."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    slider = widgets.IntSlider(value=0, min=0, max=len(ts) - 1, step=1, description="frame",
+                               continuous_update=False, layout=widgets.Layout(width="60%"))
+
+    def redraw(index: int) -> None:
+        fig = draw_trajectory_frame(index, ts, xs, x0s, nrow)
+        display(fig)
+        plt.close(fig)
+
+    return widgets.VBox([slider, widgets.interactive_output(redraw, {"index": slider})])
