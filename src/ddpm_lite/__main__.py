@@ -19,16 +19,26 @@ import torch
 from ddpm_lite.train import CONFIGS, TrainConfig, load_ema_model, pick_device, train
 
 
+TOY_DATA = ("mixture", "swiss_roll", "two_moons")  # the 2-D configs' data
+
+
+def draw_points(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n points (n, 2) of the 2-D data a config names."""
+    from ddpm_lite import data
+
+    if name == "mixture":
+        return data.gaussian_mixture(n, generator=generator)[0]
+    return getattr(data, name)(n, generator=generator)
+
+
 def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, str]:
     """The training set a config names, as one tensor (N, ...) in the model's input range, and its source."""
     from ddpm_lite import data
 
-    generator = torch.Generator().manual_seed(config.seed)
-    if config.data == "mixture":
-        points, _ = data.gaussian_mixture(config.n_points, generator=generator)
-        return points, f"the course's 2-D Gaussian mixture ({config.n_points:,} points)"
-    if config.data in ("swiss_roll", "two_moons"):
-        return getattr(data, config.data)(config.n_points, generator=generator), f"{config.data} ({config.n_points:,} points)"
+    if config.data in TOY_DATA:
+        points = draw_points(config.data, config.n_points, torch.Generator().manual_seed(config.seed))
+        name = "the course's 2-D Gaussian mixture" if config.data == "mixture" else config.data
+        return points, f"{name} ({config.n_points:,} points)"
     if config.data == "mnist":
         dataset, source = data.load_mnist(train=True)
         return dataset.tensors[0], source
@@ -44,7 +54,6 @@ def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, str]:
 
 def sample_points_report(model, config: TrainConfig, device) -> str:
     """For 2-D configs: sliced Wasserstein of 2,000 DDPM samples against the data, and the data-vs-data floor."""
-    from ddpm_lite import data
     from ddpm_lite.metrics import sliced_wasserstein, sliced_wasserstein_floor
     from ddpm_lite.samplers import ddpm_sample
     from ddpm_lite.schedules import NoiseSchedule
@@ -55,9 +64,7 @@ def sample_points_report(model, config: TrainConfig, device) -> str:
                           progress=False).cpu()
 
     def draw(size: int, generator: torch.Generator) -> torch.Tensor:
-        if config.data == "mixture":
-            return data.gaussian_mixture(size, generator=generator)[0]
-        return getattr(data, config.data)(size, generator=generator)
+        return draw_points(config.data, size, generator)
 
     reference = draw(n, torch.Generator().manual_seed(2))
     distance = sliced_wasserstein(samples, reference, generator=torch.Generator().manual_seed(3))
@@ -90,7 +97,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model, config = load_ema_model(args.checkpoint, device)
     schedule = NoiseSchedule.named(config.schedule, config.T)
     generator = torch.Generator().manual_seed(args.seed)
-    shape = (args.n, 2) if config.data in ("mixture", "swiss_roll", "two_moons") else (
+    shape = (args.n, 2) if config.data in TOY_DATA else (
         args.n, config.model.image_channels, config.model.image_size, config.model.image_size)
     start = time.perf_counter()
     if args.sampler == "ddpm":
