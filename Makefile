@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lab test notebooks pdf clean
+.PHONY: install lab test notebooks slides slides-offline pdf clean
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ test: install
 ## Re-execute every notebook in place (outputs are committed) and strip widget state and timings.
 notebooks: install
 	$(BIN)/python tools/execute_notebooks.py notebooks/*.ipynb
+
+## Export every notebook to a reveal.js deck, build/slides/NN_name.slides.html (reveal.js and MathJax from CDNs).
+slides: install
+	$(BIN)/python tools/slides.py --out build/slides notebooks/*.ipynb
+
+## The same decks for a room without internet: reveal.js and MathJax fetched with npm into build/slides/vendor/.
+slides-offline: install
+	$(BIN)/python tools/slides.py --offline --out build/slides notebooks/*.ipynb
 
 ## Build the derivation notes in math/ to PDF (needs latexmk and TeX Live; see math/Makefile).
 pdf:
