@@ -149,6 +149,8 @@ def test_ema_model_loads_for_sampling(points, tmp_path):
 
 
 def test_presets_are_valid():
-    assert set(CONFIGS) == {"2d", "mnist", "cifar10"}
+    assert set(CONFIGS) == {"2d", "mnist", "mnist-cfg", "cifar10"}
+    assert CONFIGS["mnist-cfg"].model.num_classes == 10 and CONFIGS["mnist-cfg"].label_dropout == 0.1
+    assert dataclasses.replace(CONFIGS["mnist-cfg"].model, num_classes=0) == CONFIGS["mnist"].model
     assert CONFIGS["cifar10"].lr == 2e-4 and CONFIGS["cifar10"].batch_size == 128
     assert CONFIGS["cifar10"].ema_decay == 0.9999 and CONFIGS["cifar10"].model.dropout == 0.1

@@ -31,24 +31,27 @@ def draw_points(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
     return getattr(data, name)(n, generator=generator)
 
 
-def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, str]:
-    """The training set a config names, as one tensor (N, ...) in the model's input range, and its source."""
+def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """The training set a config names: (N, ...) in the model's input range, labels (N,) for class-conditional
+    models (else None), and a sentence naming the source."""
     from ddpm_lite import data
 
     if config.data in TOY_DATA:
         points = draw_points(config.data, config.n_points, torch.Generator().manual_seed(config.seed))
         name = "the course's 2-D Gaussian mixture" if config.data == "mixture" else config.data
-        return points, f"{name} ({config.n_points:,} points)"
+        return points, None, f"{name} ({config.n_points:,} points)"
     if config.data == "mnist":
         dataset, source = data.load_mnist(train=True)
-        return dataset.tensors[0], source
+        images, labels = dataset.tensors
+        return images, labels if getattr(config.model, "num_classes", 0) else None, source
     if config.data == "cifar10":
         from torchvision.datasets import CIFAR10
 
         root = Path("~/.cache/ddpm_lite").expanduser()
         cifar = CIFAR10(str(root), train=True, download=True)  # needs the internet the first time
         images = torch.from_numpy(cifar.data).permute(0, 3, 1, 2).float() / 127.5 - 1
-        return images, f"torchvision CIFAR-10 train split ({len(images):,} images)"
+        labels = torch.tensor(cifar.targets) if config.model.num_classes else None
+        return images, labels, f"torchvision CIFAR-10 train split ({len(images):,} images)"
     raise ValueError(f"unknown data {config.data!r}")
 
 
@@ -79,9 +82,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = dataclasses.replace(config, **overrides)
     out = Path(args.out or f"runs/{config.name}")
     device = torch.device(args.device) if args.device else pick_device()
-    images, source = load_training_data(config)
+    images, labels, source = load_training_data(config)
     print(f"config {config.name}: {config}\ndata: {source}\ndevice: {device}\noutput: {out}", flush=True)
-    result = train(config, images, out, resume=args.resume, device=device, progress=not args.no_progress)
+    result = train(config, images, out, resume=args.resume, device=device, progress=not args.no_progress,
+                   labels=labels)
     print(f"trained to step {len(result.losses)} in {result.seconds:.1f} s this run; "
           f"mean loss of the last 100 steps {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}; "
           f"checkpoint {result.checkpoint}")

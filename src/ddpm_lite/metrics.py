@@ -269,3 +269,45 @@ def digit_metrics(
         n=images.shape[0],
         n_reference=reference.shape[0],
     )
+
+
+@dataclass(frozen=True)
+class ConditionalMetrics:
+    """How well class-conditional digits match the requested class, and how varied they are (`conditional_metrics`)."""
+
+    accuracy: float  # share of images the classifier assigns (argmax) to the requested class
+    confident_share: float  # share with max softmax probability >= CONFIDENCE_THRESHOLD
+    diversity: float  # mean within-class pairwise feature distance, relative to real digits of the same classes (1 = as varied)
+    frechet_distance: float  # all images vs the reference digits, in the classifier's features (not Inception-FID)
+    n: int  # number of generated images
+
+
+def conditional_metrics(images: Tensor, labels: Tensor, reference: Tensor, reference_labels: Tensor,
+                        classifier: DigitClassifier | None = None, *, batch_size: int = 500) -> ConditionalMetrics:
+    """images: (N, 1, 28, 28) generated for `labels` (N,) int64; reference: (M, 1, 28, 28) real digits with
+    `reference_labels` (M,). Each class present in `labels` needs >= 2 images and >= 2 reference digits."""
+    _check_images("images", images)
+    _check_images("reference", reference)
+    if labels.shape != images.shape[:1] or reference_labels.shape != reference.shape[:1]:
+        raise ValueError(f"labels must be (N,) and reference_labels (M,), got {tuple(labels.shape)} for "
+                         f"{images.shape[0]} images and {tuple(reference_labels.shape)} for {reference.shape[0]}")
+    classifier = load_digit_classifier() if classifier is None else classifier
+    features, probabilities = _features_and_probabilities(classifier, images, batch_size)
+    reference_features, _ = _features_and_probabilities(classifier, reference, batch_size)
+    confidence, predicted = probabilities.max(dim=1)
+
+    def spread(f: Tensor) -> float:  # mean distance between distinct pairs
+        if len(f) < 2:
+            raise ValueError("every requested class needs at least 2 images and 2 reference digits")
+        return float(torch.pdist(f).mean())
+
+    classes = labels.unique()
+    generated = sum(spread(features[labels == c]) for c in classes)
+    real = sum(spread(reference_features[reference_labels == c]) for c in classes)
+    return ConditionalMetrics(
+        accuracy=float((predicted == labels.cpu()).double().mean()),
+        confident_share=float((confidence >= CONFIDENCE_THRESHOLD).double().mean()),
+        diversity=generated / real,
+        frechet_distance=frechet_distance(features, reference_features),
+        n=images.shape[0],
+    )

@@ -71,6 +71,7 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (7,)  # side lengths at which to add self-attention
     dropout: float = 0.0  # inside residual blocks (DDPM CIFAR-10: 0.1)
     groups: int = 8  # GroupNorm groups (DDPM: 32)
+    num_classes: int = 0  # 0: unconditional; n > 0: labels 0..n-1 plus label n = "no label" (classifier-free guidance)
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mults)
@@ -116,7 +117,12 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta for images: x_t (B, C, H, W), t (B,) int64 -> (B, C, H, W).
+    """eps_theta for images: x_t (B, C, H, W), t (B,) int64 [, y (B,) int64] -> (B, C, H, W).
+
+    With `config.num_classes = n > 0` the network is class-conditional: a learned embedding of the label y is added to
+    the time embedding (as the time embedding enters every ResBlock, so does the label). Label n (`null_label`) means
+    "no label"; it is what `y=None` uses. Training with some labels replaced by n gives one network that is both
+    conditional and unconditional, as classifier-free guidance needs (Ho & Salimans 2022, Algorithm 1).
 
     Down path: per level, `num_res_blocks` ResBlocks (+ attention at the listed resolutions), then a stride-2 conv.
     Middle: ResBlock, attention, ResBlock. Up path: per level, `num_res_blocks + 1` ResBlocks, each fed the
@@ -129,6 +135,8 @@ class UNet(nn.Module):
         ch, groups = config.base_channels, config.groups
         emb_dim = 4 * ch
         self.time = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.null_label = config.num_classes
+        self.label = nn.Embedding(config.num_classes + 1, emb_dim) if config.num_classes else None
         self.inp = nn.Conv2d(config.image_channels, ch, 3, padding=1)
 
         def block(c_in: int, c_out: int, size: int) -> nn.ModuleList:
@@ -161,8 +169,17 @@ class UNet(nn.Module):
                 size *= 2
         self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, config.image_channels, 3, padding=1))
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         emb = self.time(timestep_embedding(t, self.config.base_channels))
+        if self.label is not None:
+            if y is None:
+                y = torch.full_like(t, self.null_label)
+            elif y.shape != t.shape or y.dtype != torch.int64 or ((y < 0) | (y > self.null_label)).any():
+                raise ValueError(f"y must be int64 labels shaped like t {tuple(t.shape)} in [0, {self.null_label}] "
+                                 f"({self.null_label} = no label), got {y.dtype} {tuple(y.shape)}")
+            emb = emb + self.label(y)
+        elif y is not None:
+            raise ValueError("y was given but this UNet is unconditional (config.num_classes = 0)")
         h = self.inp(x_t)
         skips = [h]
         for layers in self.down:

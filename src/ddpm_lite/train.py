@@ -48,6 +48,13 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (and at the end)
     sample_every: int = 0  # steps between sample grids written to the output folder; 0 = only at the end
     n_points: int = 50_000  # size of the fixed training set for 2-D data
+    label_dropout: float = 0.0  # class-conditional models: chance a label is replaced by "no label" (Ho & Salimans: 0.1-0.2)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.label_dropout and not getattr(self.model, "num_classes", 0):
+            raise ValueError("label_dropout > 0 needs a class-conditional model (UNetConfig.num_classes > 0)")
 
 
 CONFIGS: dict[str, TrainConfig] = {
@@ -57,6 +64,11 @@ CONFIGS: dict[str, TrainConfig] = {
     # MNIST on a CPU: a ~1.1 M-parameter UNet (attention at 7x7); see checkpoints/README.md for the committed run.
     "mnist": TrainConfig(name="mnist", data="mnist", model=UNetConfig(num_res_blocks=1), steps=4500, batch_size=64,
                          lr=1e-3, warmup=200, ema_decay=0.999, checkpoint_every=250, sample_every=1000),
+    # Class-conditional MNIST for classifier-free guidance (notebook 09): the same UNet plus a label embedding; 10% of
+    # labels are dropped to "no label" so that one network learns both eps(x_t, t, y) and eps(x_t, t).
+    "mnist-cfg": TrainConfig(name="mnist-cfg", data="mnist", model=UNetConfig(num_res_blocks=1, num_classes=10),
+                             steps=4500, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, checkpoint_every=250,
+                             sample_every=1000, label_dropout=0.1),
     # DDPM's CIFAR-10 run (Ho et al. 2020, appendix B): 35.7 M parameters; for GPUs.
     "cifar10": TrainConfig(name="cifar10", data="cifar10",
                            model=UNetConfig(image_channels=3, image_size=32, base_channels=128,
@@ -76,18 +88,20 @@ def make_model(config: MLPConfig | UNetConfig) -> nn.Module:
     raise ValueError(f"config must be an MLPConfig or a UNetConfig, got {type(config).__name__}")
 
 
-def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator: torch.Generator | None = None,
+              y: Tensor | None = None) -> Tensor:
     """L_simple for a batch, DDPM Algorithm 1: E ||eps - eps_theta(sqrt(ab) x_0 + sqrt(1 - ab) eps, t)||^2.
 
-    x_0: (B, ...) on the model's device. t and eps are drawn on the CPU from `generator`, then moved. Returns a scalar.
-    math/elbo.tex eq:l-simple
+    x_0: (B, ...) on the model's device; y: optional (B,) int64 labels for a class-conditional model. t and eps are
+    drawn on the CPU from `generator`, then moved. Returns a scalar. math/elbo.tex eq:l-simple
     """
     batch = x_0.shape[0]
     t = torch.randint(0, schedule.T, (batch,), generator=generator)  # 3. t ~ Uniform({1, ..., T})
     eps = torch.randn(x_0.shape, generator=generator)  # 4. eps ~ N(0, I)
     t, eps = t.to(x_0.device), eps.to(x_0.device, x_0.dtype)
     x_t = q_sample(schedule, x_0, t, eps)  # math/forward.tex eq:reparam
-    return F.mse_loss(model(x_t, t), eps)  # 5. gradient step on ||eps - eps_theta||^2; math/elbo.tex eq:l-simple
+    eps_theta = model(x_t, t) if y is None else model(x_t, t, y)
+    return F.mse_loss(eps_theta, eps)  # 5. gradient step on ||eps - eps_theta||^2; math/elbo.tex eq:l-simple
 
 
 def pick_device() -> torch.device:
@@ -122,8 +136,12 @@ def train(
     device: torch.device | str | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    labels: Tensor | None = None,
 ) -> TrainResult:
     """Train an eps-predictor on `data` (N, ...) with DDPM Algorithm 1 for `steps` (default config.steps) steps.
+
+    A class-conditional model (UNetConfig.num_classes > 0) needs `labels` (N,) int64; each step replaces a fraction
+    `config.label_dropout` of them by the model's "no label" (classifier-free guidance, Ho & Salimans 2022, Algorithm 1).
 
     With `out_dir`, checkpoints go to out_dir/checkpoint.pt and `resume=True` continues from it. `stop_after`
     ends this call after that many steps (as if interrupted) without changing the planned total, for tests.
@@ -134,6 +152,14 @@ def train(
     device = torch.device(device) if device is not None else pick_device()
     out = Path(out_dir) if out_dir is not None else None
     schedule = NoiseSchedule.named(config.schedule, config.T)
+    num_classes = getattr(config.model, "num_classes", 0)
+    if (labels is not None) != bool(num_classes):
+        raise ValueError(f"labels must be given exactly when the model is class-conditional (num_classes = "
+                         f"{num_classes}); got labels={'None' if labels is None else tuple(labels.shape)}")
+    if labels is not None and (labels.shape != data.shape[:1] or labels.dtype != torch.int64
+                               or labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be int64 of shape ({len(data)},) in [0, {num_classes}), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
 
     torch.manual_seed(config.seed)
     model = make_model(config.model).to(device)
@@ -154,6 +180,7 @@ def train(
         step, losses = state["step"], state["losses"]
 
     data = data.to(device)
+    labels = labels.to(device) if labels is not None else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     start, last_checkpoint = time.perf_counter(), None
     end = total if stop_after is None else min(total, step + stop_after)
@@ -161,8 +188,12 @@ def train(
     model.train()
     while step < end:
         index = torch.randint(0, len(data), (config.batch_size,), generator=generator).to(device)
+        y = None
+        if labels is not None:  # classifier-free guidance: drop some labels to "no label" (null_label = num_classes)
+            drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
+            y = torch.where(drop, num_classes, labels[index])
         with autocast:
-            loss = ddpm_loss(model, schedule, data[index], generator=generator)
+            loss = ddpm_loss(model, schedule, data[index], generator=generator, y=y)
         if not torch.isfinite(loss):
             bar.close()
             kept = f"the last good checkpoint is {last_checkpoint or (out and out / CHECKPOINT_NAME)}"
@@ -226,7 +257,7 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: AveragedMode
     `expected` is given and the training config differs in anything but the number of steps).
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = state["config"]
+    saved = config_to_dict(config_from_dict(state["config"]))  # fields added since the checkpoint get their defaults
     model_config = getattr(model, "config", None)
     if model_config is not None and saved["model"] != _asdict(model_config):
         raise ValueError(f"checkpoint {path} was trained with another network config: "
