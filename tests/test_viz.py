@@ -13,7 +13,9 @@ from torch.testing import assert_close  # noqa: E402
 
 from ddpm_lite.forward import q_sample  # noqa: E402
 from ddpm_lite.schedules import NoiseSchedule  # noqa: E402
-from ddpm_lite.viz import draw_xt, forward_gallery, image_grid, plot_schedules, xt_frame, xt_slider  # noqa: E402
+from ddpm_lite.viz import (  # noqa: E402
+    draw_xt, forward_gallery, image_grid, plot_schedules, sampler_slider, xt_frame, xt_slider,
+)
 
 SCHEDULES = {"linear": NoiseSchedule.named("linear", 1000), "cosine": NoiseSchedule.named("cosine", 1000)}
 
@@ -126,3 +128,22 @@ def test_trajectory_frames_differ_and_slider_spans_them():
     assert (slider.min, slider.max) == (0, 2)
     with pytest.raises(ValueError, match="same frames"):
         draw_trajectory_frame(0, [1, 2], xs, x0s)
+
+
+def test_sampler_slider_calls_the_sampler_with_each_setting():
+    """Moving either slider calls sample(S, eta) with the new values (the callback is wired to both controls)."""
+    calls = []
+
+    def sample(S, eta):
+        calls.append((S, eta))
+        return torch.full((4, 1, 8, 8), eta * 2 - 1) if S > 0 else None
+
+    box = sampler_slider(sample, steps=[10, 20, 50], etas=[0.0, 0.5, 1.0])
+    controls, output = box.children
+    steps_slider, eta_slider = controls.children
+    assert isinstance(output, widgets.Output) and calls == [(20, 0.0)]
+    steps_slider.value = 50
+    eta_slider.value = 1.0
+    assert calls == [(20, 0.0), (50, 0.0), (50, 1.0)]
+    with pytest.raises(ValueError, match="at least one"):
+        sampler_slider(sample, steps=[], etas=[0.0])

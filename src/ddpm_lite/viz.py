@@ -8,7 +8,7 @@ kernel; the widget displays them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -226,3 +226,36 @@ def trajectory_slider(ts: Sequence[int], xs: Tensor, x0s: Tensor, nrow: int = 4)
         plt.close(fig)
 
     return widgets.VBox([slider, widgets.interactive_output(redraw, {"index": slider})])
+
+
+def sampler_slider(sample: Callable[[int, float], Tensor], steps: Sequence[int], etas: Sequence[float], *,
+                   nrow: int = 4, title: str = "DDIM"):
+    """Sliders for the number of sampling steps S and for eta that redraw `sample(S, eta)`; core widgets only.
+
+    sample(S, eta) -> images (B, 1, H, W) in [-1, 1] (clamped for display) or points (N, 2). Keep it quick (few
+    images, the same starting noise for every setting) so that the picture follows the sliders.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    if not steps or not etas:
+        raise ValueError("steps and etas must each offer at least one value")
+    steps_slider = widgets.SelectionSlider(options=list(steps), value=steps[len(steps) // 2], description="steps S",
+                                           continuous_update=False, layout=widgets.Layout(width="45%"))
+    eta_slider = widgets.SelectionSlider(options=list(etas), value=etas[0], description="eta",
+                                         continuous_update=False, layout=widgets.Layout(width="45%"))
+
+    def redraw(S: int, eta: float) -> None:
+        x = sample(S, eta).detach().cpu()
+        fig, ax = plt.subplots(figsize=(4.2, 4.4), layout="constrained")
+        if x.ndim == 4:
+            show_images(x.clamp(*IMAGE_RANGE), nrow=nrow, ax=ax, title=f"{title}, S = {S}, eta = {eta}")
+        else:
+            ax.scatter(*x.T, s=1)
+            ax.set(title=f"{title}, S = {S}, eta = {eta}", xlabel="first coordinate", ylabel="second coordinate",
+                   xlim=(-POINT_LIMIT, POINT_LIMIT), ylim=(-POINT_LIMIT, POINT_LIMIT), aspect="equal")
+        display(fig)
+        plt.close(fig)
+
+    output = widgets.interactive_output(redraw, {"S": steps_slider, "eta": eta_slider})
+    return widgets.VBox([widgets.HBox([steps_slider, eta_slider]), output])
