@@ -4,7 +4,7 @@ Modules: `schedules` (betas and the tables derived from them), `forward` (q and 
 variational bound term by term), `exact` (the exact noise predictor for Gaussian mixtures), `data` (MNIST and 2-D toy
 data), `models` (MLP and UNet noise predictors), `train` (Algorithm 1, checkpoints), `samplers` (DDPM and DDIM),
 `metrics` (offline sample quality), `sde` (the score and SDE view, probability-flow ODE), `guidance`
-(classifier-free guidance), `exercises` (checkers for the notebooks' exercises), `viz` (plots and sliders).
+(classifier-free guidance), `exercises` (checkers for the notebooks' exercises, built on `exercises_sampling` and `diagnose`), `viz` (plots and sliders).
 `python -m ddpm_lite` is the command line.
 """
 
