@@ -154,3 +154,11 @@ def test_presets_are_valid():
     assert dataclasses.replace(CONFIGS["mnist-cfg"].model, num_classes=0) == CONFIGS["mnist"].model
     assert CONFIGS["cifar10"].lr == 2e-4 and CONFIGS["cifar10"].batch_size == 128
     assert CONFIGS["cifar10"].ema_decay == 0.9999 and CONFIGS["cifar10"].model.dropout == 0.1
+
+
+def test_max_seconds_stops_on_time_and_keeps_a_checkpoint(points, tmp_path):
+    """Equal-time benchmarks: training stops at the first step past max_seconds and saves where it stopped."""
+    result = train(dataclasses.replace(SMALL, steps=10**7, checkpoint_every=10**6), points, tmp_path, device="cpu",
+                   progress=False, max_seconds=0.5)
+    assert 0 < len(result.losses) < 10**7 and 0.5 <= result.seconds < 5
+    assert torch.load(tmp_path / CHECKPOINT_NAME, weights_only=False)["step"] == len(result.losses)

@@ -138,6 +138,7 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     labels: Tensor | None = None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train an eps-predictor on `data` (N, ...) with DDPM Algorithm 1 for `steps` (default config.steps) steps.
 
@@ -145,7 +146,8 @@ def train(
     `config.label_dropout` of them by the model's "no label" (classifier-free guidance, Ho & Salimans 2022, Algorithm 1).
 
     With `out_dir`, checkpoints go to out_dir/checkpoint.pt and `resume=True` continues from it. `stop_after`
-    ends this call after that many steps (as if interrupted) without changing the planned total, for tests.
+    ends this call after that many steps (as if interrupted) without changing the planned total, for tests;
+    `max_seconds` ends it at the first step that finishes after that much wall time (for equal-time benchmarks).
     """
     total = config.steps if steps is None else steps
     if total < 1:
@@ -187,7 +189,7 @@ def train(
     end = total if stop_after is None else min(total, step + stop_after)
     bar = tqdm(total=total, initial=step, desc=f"train {config.name}", disable=not progress)
     model.train()
-    while step < end:
+    while step < end and (max_seconds is None or time.perf_counter() - start < max_seconds):
         index = torch.randint(0, len(data), (config.batch_size,), generator=generator).to(device)
         y = None
         if labels is not None:  # classifier-free guidance: drop some labels to "no label" (null_label = num_classes)
@@ -209,7 +211,8 @@ def train(
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if out is not None and (step % config.checkpoint_every == 0 or step == end):
+        out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
+        if out is not None and (step % config.checkpoint_every == 0 or step == end or out_of_time):
             last_checkpoint = save_checkpoint(out / CHECKPOINT_NAME, config, model, ema, optimizer, warmup, generator,
                                               step, losses)
         if out is not None and config.sample_every and step % config.sample_every == 0 and step < total:
