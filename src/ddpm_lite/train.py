@@ -209,8 +209,10 @@ def train(
         ema.update_parameters(model)
         step += 1
         losses.append(loss.item())
+        # refresh=False: redrawing on every step floods a notebook's message channel (thousands of widget updates that
+        # the front end or nbval may drop); update() redraws at most every 0.1 s, with the new postfix.
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
         if out is not None and (step % config.checkpoint_every == 0 or step == end or out_of_time):
             last_checkpoint = save_checkpoint(out / CHECKPOINT_NAME, config, model, ema, optimizer, warmup, generator,
