@@ -192,7 +192,7 @@ def main() -> None:
               f"{m.confident_share:.0%} | {m.classes_covered}/10 | {r['ddpm']:.3f} | {r['ddim50']:.4f} | "
               f"{r['ddim20']:.4f} | {r['overhead']:.1%} |")
     print(f"\nquality samples: {args.samples} per model, DDIM-100 with eta = 1, the same starting noise for both")
-    worst = max(r["overhead"] for r in rows)  # noqa: the sampler is the same code for both
+    worst = max(r["overhead"] for r in rows)
     print(f"sampler overhead beyond the network's forward passes (DDIM-50, batch 32): at most {worst:.1%} "
           f"({'under' if worst < 0.05 else 'NOT under'} 5%)")
     ratio = rows[0]["metrics"].frechet_distance / rows[1]["metrics"].frechet_distance

@@ -137,21 +137,18 @@ def _save_samples(samples: torch.Tensor, path: Path, label: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddpm_lite.viz import show_images
+    from ddpm_lite.viz import show_samples
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 6))
-    if samples.ndim == 4 and samples.shape[1] == 1:
-        show_images(samples[:64].clamp(-1, 1), nrow=8, ax=ax, title=label)
-    elif samples.ndim == 4:
+    if samples.ndim == 4 and samples.shape[1] == 3:  # colour images (CIFAR-10)
         from torchvision.utils import make_grid
 
         ax.imshow(make_grid((samples[:64].clamp(-1, 1) + 1) / 2, nrow=8).permute(1, 2, 0).numpy())
         ax.set_axis_off()
         ax.set_title(label)
     else:
-        ax.scatter(*samples.T, s=2)
-        ax.set(title=label, xlabel="first coordinate", ylabel="second coordinate", aspect="equal")
+        show_samples(samples[:64] if samples.ndim == 4 else samples, ax, label)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 

@@ -333,7 +333,7 @@ def _write_samples(path: Path, model: nn.Module, schedule: NoiseSchedule, data: 
     import matplotlib.pyplot as plt
 
     from ddpm_lite.samplers import ddim_sample
-    from ddpm_lite.viz import show_images
+    from ddpm_lite.viz import show_samples
 
     was_training = model.training
     model.eval()
@@ -341,11 +341,7 @@ def _write_samples(path: Path, model: nn.Module, schedule: NoiseSchedule, data: 
     n = 64 if data.ndim == 4 else 2000
     samples = ddim_sample(model, schedule, (n, *data.shape[1:]), steps=50, generator=generator, progress=False).cpu()
     fig, ax = plt.subplots(figsize=(5, 5))
-    if data.ndim == 4:
-        show_images(samples.clamp(-1, 1), nrow=8, ax=ax, title=path.stem)
-    else:
-        ax.scatter(*samples.T, s=2)
-        ax.set(title=path.stem, xlabel="first coordinate", ylabel="second coordinate", aspect="equal")
+    show_samples(samples, ax, path.stem)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     model.train(was_training)

@@ -228,6 +228,19 @@ def trajectory_slider(ts: Sequence[int], xs: Tensor, x0s: Tensor, nrow: int = 4)
     return widgets.VBox([slider, widgets.interactive_output(redraw, {"index": slider})])
 
 
+def show_samples(x: Tensor, ax: Axes, title: str, *, nrow: int = 8, s: float = 2,
+                 limit: float | None = None) -> Axes:
+    """Draw samples on `ax`: images (B, 1, H, W) as a grid (clamped to the data range), points (N, 2) as a scatter
+    with labelled axes (square, within +-`limit` when given)."""
+    if x.ndim == 4:
+        return show_images(x.clamp(*IMAGE_RANGE), nrow=nrow, ax=ax, title=title)
+    ax.scatter(*x.T, s=s)
+    ax.set(title=title, xlabel="first coordinate", ylabel="second coordinate", aspect="equal")
+    if limit is not None:
+        ax.set(xlim=(-limit, limit), ylim=(-limit, limit))
+    return ax
+
+
 def sampler_slider(sample: Callable[[int, float], Tensor], steps: Sequence[int], etas: Sequence[float], *,
                    nrow: int = 4, title: str = "DDIM"):
     """Sliders for the number of sampling steps S and for eta that redraw `sample(S, eta)`; core widgets only.
@@ -248,12 +261,7 @@ def sampler_slider(sample: Callable[[int, float], Tensor], steps: Sequence[int],
     def redraw(S: int, eta: float) -> None:
         x = sample(S, eta).detach().cpu()
         fig, ax = plt.subplots(figsize=(4.2, 4.4), layout="constrained")
-        if x.ndim == 4:
-            show_images(x.clamp(*IMAGE_RANGE), nrow=nrow, ax=ax, title=f"{title}, S = {S}, eta = {eta}")
-        else:
-            ax.scatter(*x.T, s=1)
-            ax.set(title=f"{title}, S = {S}, eta = {eta}", xlabel="first coordinate", ylabel="second coordinate",
-                   xlim=(-POINT_LIMIT, POINT_LIMIT), ylim=(-POINT_LIMIT, POINT_LIMIT), aspect="equal")
+        show_samples(x, ax, f"{title}, S = {S}, eta = {eta}", nrow=nrow, s=1, limit=POINT_LIMIT)
         display(fig)
         plt.close(fig)
 
