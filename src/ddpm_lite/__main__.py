@@ -1,7 +1,8 @@
 """Command line: `python -m ddpm_lite train ...` and `python -m ddpm_lite sample ...`.
 
     python -m ddpm_lite train --config 2d                      # ~1 min on a laptop CPU; prints sliced Wasserstein
-    python -m ddpm_lite train --config mnist --out runs/mnist  # the committed checkpoint's recipe (checkpoints/)
+    python -m ddpm_lite train --config mnist --out runs/mnist  # the tuned recipe (benchmarks/README.md)
+    python -m ddpm_lite train --config mnist-ddpm --out runs/mnist-ddpm  # the committed checkpoint's (checkpoints/)
     python -m ddpm_lite train --config mnist --out runs/mnist --resume   # continue after an interruption
     python -m ddpm_lite sample --checkpoint runs/mnist/checkpoint.pt --sampler ddim --steps 50 --out samples.png
 """
