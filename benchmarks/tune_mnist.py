@@ -13,6 +13,8 @@ parts that do not disturb each other:
         the same run (raw weights, constant EMA 0.99 / 0.995 / 0.999, EMA 0.999 with warm-up), and evaluates each at
         half and all of the steps: the offline digit metrics of 300 DDIM-100 (eta = 1) samples, as
         quality_per_minute.py does. One JSON file per variant in DIR.
+    python benchmarks/tune_mnist.py quality-one --variant NAME --steps N [--averages ema0.999w,...] [--no-half] --out F
+        one variant (what `quality` runs in each process; on the CPU, run two side by side with --threads 1).
     python benchmarks/tune_mnist.py report DIR
         the markdown table of all variants.
 
@@ -26,14 +28,12 @@ import copy
 import csv
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
