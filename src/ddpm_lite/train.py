@@ -50,7 +50,7 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample grids written to the output folder; 0 = only at the end
     n_points: int = 50_000  # size of the fixed training set for 2-D data
     label_dropout: float = 0.0  # class-conditional models: chance a label is replaced by "no label" (Ho & Salimans: 0.1-0.2)
-    channels_last: bool = False  # images: keep the UNet's weights and inputs in NHWC order (10% faster on a 2-core CPU)
+    channels_last: bool = False  # images: keep the UNet's weights and inputs in NHWC order (6% faster steps, 2-core CPU)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_dropout < 1.0:
