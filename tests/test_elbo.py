@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ddpm_lite.data import default_mixture, gaussian_mixture
 from ddpm_lite.elbo import (
     discretized_gaussian_log_likelihood,
     normal_kl,
@@ -14,8 +13,8 @@ from ddpm_lite.elbo import (
     vlb_terms,
     vlb_weights,
 )
-from ddpm_lite.exact import mixture_eps, mixture_eps_fn
 from ddpm_lite.forward import predict_x0_from_eps, q_posterior, q_sample
+from ddpm_lite.mixture import default_mixture, gaussian_mixture, mixture_eps, mixture_eps_fn
 from ddpm_lite.schedules import NoiseSchedule
 
 F64 = torch.float64

@@ -18,7 +18,7 @@ from torch.testing import assert_close
 
 from ddpm_lite import exercises
 from ddpm_lite.forward import q_sample
-from ddpm_lite.models import MLPConfig, TimeMLP
+from ddpm_lite.models import MLP, MLPConfig
 from ddpm_lite.schedules import NoiseSchedule
 from ddpm_lite.train import ddpm_loss
 
@@ -316,7 +316,7 @@ def test_shape_dtype_exceptions_in_place_and_nan_get_their_own_messages(capsys):
 def test_the_loss_checker_compares_with_ddpm_loss():
     """eq:l-simple: the loss check's reference, F.mse_loss(model(q_sample(x_0, t, eps), t), eps), is what
     `ddpm_loss` computes once its own t and eps are drawn (same generator, same order: t, then eps)."""
-    schedule, model = NoiseSchedule.named("linear", 1000), TimeMLP(MLPConfig())
+    schedule, model = NoiseSchedule.named("linear", 1000), MLP(MLPConfig())
     x_0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     draws = torch.Generator().manual_seed(1)
     t = torch.randint(0, schedule.T, (64,), generator=draws)

@@ -5,9 +5,10 @@ import dataclasses
 import pytest
 import torch
 
+from ddpm_lite.configs import CONFIGS, TrainConfig
 from ddpm_lite.guidance import GuidedModel
 from ddpm_lite.models import UNet, UNetConfig
-from ddpm_lite.train import CONFIGS, TrainConfig, train
+from ddpm_lite.train import train
 
 SMALL = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,),
                    num_classes=3)

@@ -15,16 +15,10 @@ import scipy.stats
 import torch
 from torch.testing import assert_close
 
-from ddpm_lite.data import gaussian_mixture, load_mnist
-from ddpm_lite.metrics import (
-    DigitClassifier,
-    DigitMetrics,
-    digit_metrics,
-    frechet_distance,
-    load_digit_classifier,
-    sliced_wasserstein,
-    sliced_wasserstein_floor,
-)
+from ddpm_lite.data import load_mnist
+from ddpm_lite.digits import DigitClassifier, DigitMetrics, digit_metrics, load_digit_classifier
+from ddpm_lite.metrics import frechet_distance, sliced_wasserstein, sliced_wasserstein_floor
+from ddpm_lite.mixture import gaussian_mixture
 
 if sys.version_info >= (3, 11):
     import tomllib

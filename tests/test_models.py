@@ -4,9 +4,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ddpm_lite.models import MLPConfig, TimeMLP, UNet, UNetConfig, count_parameters, timestep_embedding
-from ddpm_lite.train import CONFIGS, ddpm_loss, make_model
+from ddpm_lite.configs import CONFIGS
+from ddpm_lite.devices import pick_device
+from ddpm_lite.models import MLP, MLPConfig, UNet, UNetConfig, count_parameters, make_model, timestep_embedding
 from ddpm_lite.schedules import NoiseSchedule
+from ddpm_lite.train import ddpm_loss
 
 
 def test_timestep_embedding_is_sinusoidal():
@@ -18,7 +20,7 @@ def test_timestep_embedding_is_sinusoidal():
 
 def test_mlp_shapes_and_time_conditioning():
     torch.manual_seed(0)
-    model = TimeMLP(MLPConfig(data_dim=3))
+    model = MLP(MLPConfig(data_dim=3))
     x = torch.randn(7, 3)
     out = model(x, torch.full((7,), 10))
     assert out.shape == (7, 3)
@@ -65,3 +67,19 @@ def test_cifar10_config_trains_two_steps_on_cpu():
 def test_unet_config_rejects_impossible_shapes(kwargs, match):
     with pytest.raises(ValueError, match=match):
         UNetConfig(**kwargs)
+
+
+def test_make_model_builds_the_network_a_config_describes():
+    assert isinstance(make_model(MLPConfig()), MLP) and isinstance(make_model(UNetConfig()), UNet)
+    with pytest.raises(ValueError, match="config must be an MLPConfig or a UNetConfig"):
+        make_model({"hidden": 3})
+
+
+def test_pick_device_prefers_the_argument_then_the_model():
+    """One rule for training, sampling and the CLI: the device asked for, else the model's weights', else the best
+    available; a module without weights or a plain function runs on the CPU."""
+    assert pick_device("cpu", MLP(MLPConfig())) == torch.device("cpu")
+    assert pick_device(None, MLP(MLPConfig()).to("meta")) == torch.device("meta")
+    assert pick_device(None, lambda x_t, t: x_t) == torch.device("cpu")
+    assert pick_device(None, torch.nn.Identity()) == torch.device("cpu")
+    assert pick_device().type in {"cuda", "mps", "cpu"}

@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ddpm_lite.data import gaussian_mixture
-from ddpm_lite.exact import MixtureEpsModel, mixture_eps_fn
-from ddpm_lite.samplers import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step
+from ddpm_lite.mixture import MixtureEpsModel, gaussian_mixture, mixture_eps_fn
+from ddpm_lite.samplers import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step, sample_in_batches
 from ddpm_lite.schedules import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
@@ -183,3 +182,47 @@ def test_samplers_are_reproducible_with_a_seeded_generator():
     other = ddim_sample(model, schedule, (50, 2), steps=10, eta=0.5, generator=torch.Generator().manual_seed(8),
                         progress=False)
     assert not torch.equal(runs[0], other)
+
+
+def test_samplers_take_a_plain_function_and_reject_a_wrong_output_shape(schedule):
+    """eps_theta may be any callable (here the exact predictor as a function: the same samples as the module); an
+    output of the wrong shape is a ValueError naming both shapes, at the first step."""
+    _, mixture = gaussian_mixture(1)
+    module, function = MixtureEpsModel(mixture, schedule), mixture_eps_fn(mixture, schedule)
+    for sample in (lambda m: ddpm_sample(m, schedule, (64, 2), generator=torch.Generator().manual_seed(0), progress=False),
+                   lambda m: ddim_sample(m, schedule, (64, 2), steps=20, eta=0.5,
+                                         generator=torch.Generator().manual_seed(0), progress=False)):
+        assert torch.equal(sample(module), sample(function))
+    calls = []
+
+    def flat(x_t, t):
+        calls.append(t[0].item())
+        return x_t.flatten()
+
+    with pytest.raises(ValueError, match=r"shaped like x_t \(8, 2\), got \(16,\) at t=900"):
+        ddim_sample(flat, schedule, (8, 2), steps=10, progress=False)
+    assert calls == [900]  # DDIM-10 starts at tau = 900, and stopped there
+
+
+def test_sample_in_batches_seeds_each_batch_by_its_first_row_or_shares_one_generator():
+    """seed=s: batch k is drawn from a generator seeded s + its first row, whatever came before it; generator=g: the
+    batches draw from g in turn, as one loop over the batches would."""
+    def draw(rows, generator):
+        return torch.randn(len(range(10)[rows]), 3, generator=generator)
+
+    seeded = sample_in_batches(draw, 10, 4, seed=7)
+    expected = torch.cat([torch.randn(n, 3, generator=torch.Generator().manual_seed(7 + start))
+                          for start, n in ((0, 4), (4, 4), (8, 2))])
+    assert torch.equal(seeded, expected)
+    shared = sample_in_batches(draw, 10, 4, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    assert torch.equal(shared, torch.cat([torch.randn(n, 3, generator=g) for n in (4, 4, 2)]))
+    rows_seen = []
+    sample_in_batches(lambda rows, g: rows_seen.append(rows) or torch.zeros(0), 5, 2, seed=0)
+    assert rows_seen == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    with pytest.raises(ValueError, match="exactly one of seed and generator"):
+        sample_in_batches(draw, 10, 4)
+    with pytest.raises(ValueError, match="exactly one of seed and generator"):
+        sample_in_batches(draw, 10, 4, seed=0, generator=torch.Generator())
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        sample_in_batches(draw, 10, 0, seed=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ddpm_lite.schedules import NoiseSchedule, cosine_betas, extract, linear_betas, timesteps
+from ddpm_lite.schedules import NoiseSchedule, check_timesteps, cosine_betas, extract, linear_betas
 
 EXACT = dict(rtol=0.0, atol=1e-12)
 
@@ -130,10 +130,10 @@ def test_schedule_constructors_reject_bad_arguments(call, match):
         call()
 
 
-def test_timesteps_accepts_int_and_tensor_and_rejects_the_rest():
+def test_check_timesteps_accepts_int_and_tensor_and_rejects_the_rest():
     s = NoiseSchedule.named("linear", 10)
-    assert_close(timesteps(s, 3, 4), torch.full((4,), 3, dtype=torch.int64))
-    assert timesteps(s, torch.tensor([0, 9], dtype=torch.int32), 2).dtype == torch.int64
+    assert_close(check_timesteps(s, 3, 4), torch.full((4,), 3, dtype=torch.int64))
+    assert check_timesteps(s, torch.tensor([0, 9], dtype=torch.int32), 2).dtype == torch.int64
     for bad, match in [
         (10, r"\[0, 10\)"),
         (-1, r"\[0, 10\)"),
@@ -144,7 +144,7 @@ def test_timesteps_accepts_int_and_tensor_and_rejects_the_rest():
         (True, "t must be an int"),
     ]:
         with pytest.raises(ValueError, match=match):
-            timesteps(s, bad, 2)
+            check_timesteps(s, bad, 2)
 
 
 def test_extract_broadcasts_and_casts():
@@ -153,3 +153,13 @@ def test_extract_broadcasts_and_casts():
     out = extract(table, torch.tensor([4, 0, 2]), x)
     assert out.shape == (3, 1, 1, 1) and out.dtype == torch.float32
     assert out.flatten().tolist() == [4.0, 0.0, 2.0]
+
+
+def test_alpha_bar_at_is_the_table_and_one_for_the_clean_data():
+    """The value DDIM's step reads at t_prev: alpha_bar[t] on [0, T), and 1 at t = -1 (math/ddim.tex eq:ddim-step)."""
+    s = NoiseSchedule.named("cosine", 50)
+    assert [s.alpha_bar_at(t) for t in range(50)] == s.alpha_bar.tolist()
+    assert s.alpha_bar_at(-1) == 1.0
+    for bad in (-2, 50, 1.0, True):
+        with pytest.raises(ValueError, match=r"t must be an int in \[-1, T\)"):
+            s.alpha_bar_at(bad)

@@ -11,15 +11,14 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ddpm_lite.data import default_mixture
-from ddpm_lite.exact import MixtureEpsModel, mixture_eps
 from ddpm_lite.forward import predict_x0_from_eps, q_step
+from ddpm_lite.mixture import MixtureEpsModel, default_mixture, mixture_eps
 from ddpm_lite.samplers import ddim_sample, ddim_step, ddpm_step
 from ddpm_lite.schedules import NoiseSchedule
 from ddpm_lite.sde import (
     VPSDE,
     eps_from_score,
-    noise_level,
+    noise_levels,
     probability_flow_drift,
     probability_flow_sample,
     probability_flow_velocity,
@@ -204,7 +203,7 @@ def test_probability_flow_drift_in_ddim_variables_is_the_expected_noise(mixture)
 def test_noise_level_and_the_timestep_nearest_to_it(schedule):
     """math/ddim.tex eq:ddim-ode-variables, eq:ddim-ode-back (sqrt(alpha_bar) = 1 / sqrt(1 + sigma^2), 1e-12) and
     math/score_sde.tex eq:t-of-sigma: t(sigma_t) = t; between two levels the nearer one on a log scale."""
-    sigma = noise_level(schedule)
+    sigma = noise_levels(schedule)
     assert bool((torch.diff(sigma) > 0).all())
     assert_close(1 / (1 + sigma**2).sqrt(), schedule.sqrt_alpha_bar, **EXACT)
     assert [timestep_at_noise_level(schedule, sigma[t].item()) for t in range(schedule.T)] == list(range(schedule.T))
@@ -222,7 +221,7 @@ def test_a_ddim_step_is_an_euler_step_of_the_probability_flow_ode(schedule, mixt
     sqrt(alpha_bar') (math/ddim.tex eq:ddim-ode-back), is ddim_step(eta=0) from t to t_prev (sigma_{-1} = 0).
     Float64, 1e-10 relative (x_bar reaches 1e3 at t = 999)."""
     model = MixtureEpsModel(mixture, schedule)
-    sigma = noise_level(schedule)
+    sigma = noise_levels(schedule)
     sigma_t, sigma_prev = sigma[t].item(), sigma[t_prev].item() if t_prev >= 0 else 0.0
     x_t = points(32, 6, scale=1.0)
     x_bar = x_t * math.sqrt(1 + sigma_t**2)
@@ -294,7 +293,7 @@ def test_bad_input_raises_value_error_naming_the_argument(schedule, mixture):
         ("score", lambda: tweedie_x0(schedule, x, 0, torch.zeros(4, 3))),
         ("s", lambda: sde.beta(1.5)),
         ("s", lambda: sde.alpha_bar(torch.tensor([-0.1, 0.5]))),
-        ("sigma", lambda: timestep_at_noise_level(schedule, -1.0)),
+        ("noise_level", lambda: timestep_at_noise_level(schedule, -1.0)),
         ("x_bar", lambda: probability_flow_velocity(model, schedule, torch.tensor(1.0), 1.0)),
         ("method", lambda: probability_flow_sample(model, schedule, x, method="euler")),
         ("rtol", lambda: probability_flow_sample(model, schedule, x, rtol=0.0)),

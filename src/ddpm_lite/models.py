@@ -35,7 +35,7 @@ class MLPConfig:
     time_dim: int = 64  # width of the sinusoidal time embedding
 
 
-class TimeMLP(nn.Module):
+class MLP(nn.Module):
     """eps_theta for points: x_t (B, D), t (B,) int64 -> (B, D). Residual MLP; the time embedding enters each block."""
 
     def __init__(self, config: MLPConfig = MLPConfig()):
@@ -197,6 +197,15 @@ def _apply(layers: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
     for layer in layers:
         h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
     return h
+
+
+def make_model(config: MLPConfig | UNetConfig) -> nn.Module:
+    """The network a config describes: `MLP` for an `MLPConfig`, `UNet` for a `UNetConfig`."""
+    if isinstance(config, MLPConfig):
+        return MLP(config)
+    if isinstance(config, UNetConfig):
+        return UNet(config)
+    raise ValueError(f"config must be an MLPConfig or a UNetConfig, got {type(config).__name__}")
 
 
 def count_parameters(model: nn.Module) -> int:

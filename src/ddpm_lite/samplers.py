@@ -1,94 +1,155 @@
 """Samplers: DDPM's ancestral sampling (Ho et al. 2020, Algorithm 2) and DDIM (Song et al. 2021).
 
 Plain functions with no hidden state. A step function maps x_t to the next, cleaner sample given a noise prediction;
-a sample function runs a model from pure noise to x_0. Code timesteps are 0-based (`ddpm_lite.schedules`), and
-`t_prev = -1` stands for the clean data (alpha_bar = 1). `callback(step_index, t, x_t, x_0_pred)` is called after
-each step (for trajectories and widgets); `generator` makes the noise reproducible.
+a sample function runs a network from pure noise to x_0. Code timesteps are 0-based (`ddpm_lite.schedules`), and
+`t_prev = -1` stands for the clean data (alpha_bar = 1). `eps_theta` is any callable `eps_theta(x_t, t)` returning
+the predicted noise shaped like x_t: a network (`nn.Module`), an exact predictor or a plain function.
+`callback(step_index, t, x_next, x_0_pred)` is called after each step with the timestep t the network was called
+at (for trajectories and widgets); `generator` makes the noise reproducible.
+
+The three loops are one (`_sampling_loop`): DDPM and DDIM visit (t, t_prev) pairs from noisy to clean, DDIM
+inversion visits them from clean to noisy; each differs only in its step, which stays readable against its paper.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddpm_lite.elbo import reverse_variance
+from ddpm_lite.devices import pick_device
+from ddpm_lite.elbo import EpsTheta, ReverseVariance, reverse_variance
 from ddpm_lite.forward import predict_x0_from_eps, q_posterior
-from ddpm_lite.schedules import NoiseSchedule, extract, timesteps
+from ddpm_lite.schedules import NoiseSchedule, check_timesteps, extract
 
 Callback = Callable[[int, int, Tensor, Tensor], None]
 Spacing = Literal["uniform", "quadratic"]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a module's first parameter or buffer; the CPU for a module with neither (an exact predictor)."""
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device
-    return torch.device("cpu")
+Step = Callable[[Tensor, int, int, Tensor], tuple[Tensor, Tensor]]  # (x, t, t_next, eps_theta) -> (x_next, x_0_pred)
 
 
 def ddpm_step(
     schedule: NoiseSchedule,
     x_t: Tensor,
     t: int | Tensor,
-    eps: Tensor,
+    eps_theta: Tensor,
     noise: Tensor,
-    variance: Literal["posterior", "beta"] = "posterior",
+    variance: ReverseVariance = "posterior",
     clip_x0: bool = False,
 ) -> Tensor:
     """One step of DDPM Algorithm 2: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
 
-    x_t, eps, noise: (B, ...); t: (B,) or int. Without clipping, mu_theta is DDPM eq. (11); with `clip_x0` the
-    predicted x_0 is clipped to [-1, 1] first and mu_theta is the posterior mean at it (DDPM's released code).
+    x_t, eps_theta, noise: (B, ...); t: (B,) or int. Without clipping, mu_theta is DDPM eq. (11); with `clip_x0`
+    the predicted x_0 is clipped to [-1, 1] first and mu_theta is the posterior mean at it (DDPM's released code).
     """
-    t = timesteps(schedule, t, x_t.shape[0])
-    if eps.shape != x_t.shape or noise.shape != x_t.shape:
-        raise ValueError(f"eps and noise must have the shape of x_t {tuple(x_t.shape)}, got {tuple(eps.shape)}, {tuple(noise.shape)}")
+    t = check_timesteps(schedule, t, x_t.shape[0])
+    if eps_theta.shape != x_t.shape or noise.shape != x_t.shape:
+        raise ValueError(f"eps_theta and noise must have the shape of x_t {tuple(x_t.shape)}, "
+                         f"got {tuple(eps_theta.shape)}, {tuple(noise.shape)}")
     # 1. predict x_0 from the noise estimate (DDPM eq. 15); math/forward.tex eq:predict-x0
-    x_0_pred = predict_x0_from_eps(schedule, x_t, t, eps)
+    x_0_pred = predict_x0_from_eps(schedule, x_t, t, eps_theta)
     if clip_x0:
         x_0_pred = x_0_pred.clamp(-1.0, 1.0)
     # 2. mean of p_theta(x_{t-1} | x_t): the posterior mean at the predicted x_0, which equals
-    #    (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_t) when not clipped (DDPM eq. 11; Algorithm 2 line 4)
+    #    (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_t) when not clipped (DDPM eq. 11; Algorithm 2 line 4)
     mean, _ = q_posterior(schedule, x_0_pred, x_t, t)  # math/posterior.tex eq:posterior-mean-eps
     # 3. add sigma_t z, except at the last step (Algorithm 2 line 3: z = 0 if t = 1)
-    sigma = extract(reverse_variance(schedule, variance), t, x_t).sqrt()
-    nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
-    return mean + nonzero * sigma * noise  # math/posterior.tex eq:reverse-variance-choices
+    reverse_std = extract(reverse_variance(schedule, variance), t, x_t).sqrt()
+    not_last = extract((torch.arange(schedule.T) > 0).double(), t, x_t)
+    return mean + not_last * reverse_std * noise  # math/posterior.tex eq:reverse-variance-choices
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    x_t: Tensor,
+    t: int,
+    t_prev: int,
+    eps_theta: Tensor,
+    eta: float,
+    noise: Tensor | None,
+    clip_x0: bool = False,
+) -> Tensor:
+    """One DDIM step from code timestep t to t_prev < t (t_prev = -1: to the clean data), DDIM eq. (12).
+
+    sigma_eta = eta * sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * sqrt(1 - alpha_bar / alpha_bar_prev) (DDIM
+    eq. 16): eta = 0 is deterministic, eta = 1 with consecutive steps is DDPM with sigma^2 = tilde-beta. `noise` may
+    be None when eta = 0. x_t, eps_theta: (B, ...).
+    """
+    if not -1 <= t_prev < t < schedule.T:
+        raise ValueError(f"need -1 <= t_prev < t < T={schedule.T}, got t={t}, t_prev={t_prev}")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    alpha_bar, alpha_bar_prev = schedule.alpha_bar_at(t), schedule.alpha_bar_at(t_prev)
+    # sigma_t(eta), DDIM eq. (16); math/ddim.tex eq:ddim-sigma
+    sigma_eta = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * math.sqrt(1 - alpha_bar / alpha_bar_prev)
+    if sigma_eta > 0 and noise is None:
+        raise ValueError(f"noise is required when eta > 0 (eta={eta})")
+    return _ddim_update(x_t, alpha_bar, alpha_bar_prev, eps_theta, sigma_eta, noise, clip_x0)[0]
+
+
+def _ddim_update(x_t: Tensor, alpha_bar: float, alpha_bar_next: float, eps_theta: Tensor, sigma_eta: float = 0.0,
+                 noise: Tensor | None = None, clip_x0: bool = False) -> tuple[Tensor, Tensor]:
+    """DDIM eq. (12) from the level alpha_bar to alpha_bar_next (either direction): (x_next, x_0_pred)."""
+    # 1. predicted x_0, "the prediction of x_0" in DDIM eq. (12); math/ddim.tex eq:ddim-predicted-x0
+    x_0_pred = (x_t - math.sqrt(1 - alpha_bar) * eps_theta) / math.sqrt(alpha_bar)
+    if clip_x0:
+        x_0_pred = x_0_pred.clamp(-1.0, 1.0)
+    # 2. "direction pointing to x_t", DDIM eq. (12); math/ddim.tex eq:ddim-step (eq:ddim-inversion when going up)
+    x_next = math.sqrt(alpha_bar_next) * x_0_pred + math.sqrt(max(1 - alpha_bar_next - sigma_eta**2, 0.0)) * eps_theta
+    # 3. the random noise, sigma_t(eta) z
+    if sigma_eta > 0:
+        x_next = x_next + sigma_eta * noise
+    return x_next, x_0_pred
+
+
+def _sampling_loop(eps_theta: EpsTheta, x: Tensor, pairs: Sequence[tuple[int, int]], step: Step, *,
+                   callback: Callback | None, desc: str, progress: bool) -> Tensor:
+    """For each (t, t_next) in `pairs`: call the network at t (the clean data, -1, is called at 0) and move x to
+    t_next with `step`. x: (B, ...) on the device the network runs on."""
+    for index, (t, t_next) in enumerate(tqdm(pairs, desc=desc, disable=not progress)):
+        t_batch = torch.full((x.shape[0],), max(t, 0), dtype=torch.int64, device=x.device)
+        eps = eps_theta(x, t_batch)
+        if not isinstance(eps, Tensor) or eps.shape != x.shape:
+            raise ValueError(f"eps_theta must return the predicted noise shaped like x_t {tuple(x.shape)}, got "
+                             f"{tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__} at t={t}")
+        x_next, x_0_pred = step(x, t, t_next, eps)
+        if callback is not None:
+            callback(index, t, x_next, x_0_pred)
+        x = x_next
+    return x
 
 
 @torch.inference_mode()
 def ddpm_sample(
-    model: nn.Module,
+    eps_theta: EpsTheta,
     schedule: NoiseSchedule,
     shape: tuple[int, ...],
     *,
     generator: torch.Generator | None = None,
-    variance: Literal["posterior", "beta"] = "posterior",
+    variance: ReverseVariance = "posterior",
     clip_x0: bool = False,
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> Tensor:
-    """DDPM Algorithm 2: x_T ~ N(0, I), then T steps of `ddpm_step`. Returns x_0, `shape` (B, ...), on `device`.
+    """DDPM Algorithm 2: x_T ~ N(0, I), then T steps of `ddpm_step`. Returns x_0, `shape` (B, ...), on `device`
+    (default: the network's, see `devices.pick_device`).
 
     The noise is drawn on the CPU from `generator` (so results do not depend on the device) and moved.
     """
-    device = torch.device(device) if device is not None else model_device(model)
-    x = torch.randn(shape, generator=generator).to(device)  # 1. x_T ~ N(0, I)
-    for index, step in enumerate(tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress)):  # 2.
-        t = torch.full((shape[0],), step, dtype=torch.int64, device=device)
-        eps = model(x, t)  # 4. eps_theta(x_t, t)
+    device = pick_device(device, eps_theta)
+    x_T = torch.randn(shape, generator=generator).to(device)  # 1. x_T ~ N(0, I)
+
+    def step(x_t: Tensor, t: int, t_prev: int, eps: Tensor) -> tuple[Tensor, Tensor]:
         noise = torch.randn(shape, generator=generator).to(device)  # 3. z ~ N(0, I)
-        x_next = ddpm_step(schedule, x, t, eps, noise, variance=variance, clip_x0=clip_x0)
-        if callback is not None:
-            callback(index, step, x_next, predict_x0_from_eps(schedule, x, t, eps))
-        x = x_next
-    return x  # 6. return x_0
+        x_prev = ddpm_step(schedule, x_t, t, eps, noise, variance=variance, clip_x0=clip_x0)  # 4.
+        return x_prev, predict_x0_from_eps(schedule, x_t, t, eps)
+
+    pairs = [(t, t - 1) for t in range(schedule.T - 1, -1, -1)]  # 2. for t = T, ..., 1
+    return _sampling_loop(eps_theta, x_T, pairs, step, callback=callback, desc="DDPM", progress=progress)  # 6.
 
 
 def ddim_timesteps(T: int, steps: int, spacing: Spacing = "uniform") -> Tensor:
@@ -111,46 +172,9 @@ def ddim_timesteps(T: int, steps: int, spacing: Spacing = "uniform") -> Tensor:
     return tau.to(torch.int64)
 
 
-def ddim_step(
-    schedule: NoiseSchedule,
-    x_t: Tensor,
-    t: int,
-    t_prev: int,
-    eps: Tensor,
-    eta: float,
-    noise: Tensor | None,
-    clip_x0: bool = False,
-) -> Tensor:
-    """One DDIM step from code timestep t to t_prev < t (t_prev = -1: to the clean data), DDIM eq. (12).
-
-    sigma_t(eta) = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev) with a = alpha_bar (DDIM eq. 16):
-    eta = 0 is deterministic, eta = 1 with consecutive steps is DDPM with sigma^2 = tilde-beta. `noise` may be None
-    when eta = 0. x_t, eps: (B, ...).
-    """
-    if not -1 <= t_prev < t < schedule.T:
-        raise ValueError(f"need -1 <= t_prev < t < T={schedule.T}, got t={t}, t_prev={t_prev}")
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    alpha_bar = schedule.alpha_bar[t].item()
-    alpha_bar_prev = schedule.alpha_bar[t_prev].item() if t_prev >= 0 else 1.0
-    # 1. predicted x_0, "the prediction of x_0" in DDIM eq. (12)
-    x_0_pred = (x_t - math.sqrt(1 - alpha_bar) * eps) / math.sqrt(alpha_bar)  # math/ddim.tex eq:ddim-predicted-x0
-    if clip_x0:
-        x_0_pred = x_0_pred.clamp(-1.0, 1.0)
-    # 2. sigma_t(eta), DDIM eq. (16)
-    sigma = eta * math.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * math.sqrt(1 - alpha_bar / alpha_bar_prev)  # eq:ddim-sigma
-    # 3. "direction pointing to x_t" and the random noise, DDIM eq. (12)
-    x_prev = math.sqrt(alpha_bar_prev) * x_0_pred + math.sqrt(max(1 - alpha_bar_prev - sigma**2, 0.0)) * eps  # eq:ddim-step
-    if sigma > 0:
-        if noise is None:
-            raise ValueError(f"noise is required when eta > 0 (eta={eta})")
-        x_prev = x_prev + sigma * noise
-    return x_prev
-
-
 @torch.inference_mode()
 def ddim_sample(
-    model: nn.Module,
+    eps_theta: EpsTheta,
     schedule: NoiseSchedule,
     shape: tuple[int, ...],
     *,
@@ -164,56 +188,74 @@ def ddim_sample(
     x_T: Tensor | None = None,
     progress: bool = True,
 ) -> Tensor:
-    """DDIM sampling with `steps` model calls on the sub-sequence `ddim_timesteps(T, steps, spacing)`.
+    """DDIM sampling with `steps` network calls on the sub-sequence `ddim_timesteps(T, steps, spacing)`.
 
     Starts from x_T ~ N(0, I) (or the given `x_T`, e.g. from `ddim_invert`). Returns x_0, `shape`, on `device`.
     """
-    device = torch.device(device) if device is not None else model_device(model)
+    device = pick_device(device, eps_theta)
     tau = ddim_timesteps(schedule.T, steps, spacing).tolist()
     x = (torch.randn(shape, generator=generator) if x_T is None else x_T.detach().cpu()).to(device)
-    pairs = list(zip(reversed(tau), reversed([-1] + tau[:-1])))  # (t, t_prev) from noisy to clean
-    for index, (step, step_prev) in enumerate(tqdm(pairs, desc=f"DDIM-{steps}", disable=not progress)):
-        t = torch.full((shape[0],), step, dtype=torch.int64, device=device)
-        eps = model(x, t)
+
+    def step(x_t: Tensor, t: int, t_prev: int, eps: Tensor) -> tuple[Tensor, Tensor]:
         noise = torch.randn(shape, generator=generator).to(device) if eta > 0 else None
-        x_next = ddim_step(schedule, x, step, step_prev, eps, eta, noise, clip_x0=clip_x0)
-        if callback is not None:
-            callback(index, step, x_next, predict_x0_from_eps(schedule, x, t, eps))
-        x = x_next
-    return x
+        x_prev = ddim_step(schedule, x_t, t, t_prev, eps, eta, noise, clip_x0=clip_x0)
+        return x_prev, predict_x0_from_eps(schedule, x_t, t, eps)
+
+    pairs = list(zip(reversed(tau), reversed([-1] + tau[:-1])))  # (t, t_prev) from noisy to clean
+    return _sampling_loop(eps_theta, x, pairs, step, callback=callback, desc=f"DDIM-{steps}", progress=progress)
 
 
 @torch.inference_mode()
 def ddim_invert(
-    model: nn.Module,
+    eps_theta: EpsTheta,
     schedule: NoiseSchedule,
     x_0: Tensor,
     *,
     steps: int,
     spacing: Spacing = "uniform",
     callback: Callback | None = None,
+    device: torch.device | str | None = None,
     progress: bool = True,
 ) -> Tensor:
     """Encode x_0 into x_T by running the eta = 0 DDIM update in the noising direction (DDIM sec. 5.4).
 
-    Each step reuses the noise predicted at the current, cleaner timestep: x_{t'} = sqrt(a') x_0_pred +
-    sqrt(1 - a') eps_theta(x_t, t) for t < t'. That is the Euler step of the ODE in the other direction, so
+    Each step reuses the noise predicted at the current, cleaner timestep: x_{t'} = sqrt(alpha_bar') x_0_pred +
+    sqrt(1 - alpha_bar') eps_theta(x_t, t) for t < t'. That is the Euler step of the ODE in the other direction, so
     `ddim_sample(..., x_T=ddim_invert(...), steps=same)` returns close to x_0, closer as `steps` grows. x_0: (B, ...).
     """
-    device = model_device(model)
+    device = pick_device(device, eps_theta)
     tau = ddim_timesteps(schedule.T, steps, spacing).tolist()
-    x = x_0.detach().to(device)
+
+    def step(x_t: Tensor, t: int, t_next: int, eps: Tensor) -> tuple[Tensor, Tensor]:
+        # math/ddim.tex eq:ddim-inversion: eq. (12) with eta = 0 from alpha_bar[t] up to alpha_bar[t_next]
+        return _ddim_update(x_t, schedule.alpha_bar_at(t), schedule.alpha_bar_at(t_next), eps)
+
     pairs = list(zip([-1] + tau[:-1], tau))  # (from, to), from clean (alpha_bar = 1) to noisy
-    for index, (step_from, step_to) in enumerate(tqdm(pairs, desc=f"DDIM inversion-{steps}", disable=not progress)):
-        alpha_bar_from = schedule.alpha_bar[step_from].item() if step_from >= 0 else 1.0
-        alpha_bar_to = schedule.alpha_bar[step_to].item()
-        t = torch.full((x.shape[0],), max(step_from, 0), dtype=torch.int64, device=device)
-        eps = model(x, t)
-        x_0_pred = (x - math.sqrt(1 - alpha_bar_from) * eps) / math.sqrt(alpha_bar_from)
-        x = math.sqrt(alpha_bar_to) * x_0_pred + math.sqrt(1 - alpha_bar_to) * eps  # math/ddim.tex eq:ddim-inversion
-        if callback is not None:
-            callback(index, step_to, x, x_0_pred)
-    return x
+    return _sampling_loop(eps_theta, x_0.detach().to(device), pairs, step, callback=callback,
+                          desc=f"DDIM inversion-{steps}", progress=progress)
+
+
+def sample_in_batches(sample: Callable[[slice, torch.Generator], Tensor], n: int, batch_size: int, *,
+                      seed: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """n samples drawn `batch_size` at a time, concatenated on the CPU: `sample(rows, generator)` returns the
+    samples for rows rows.start..rows.stop-1 (their count is len(range(n)[rows]); the rows also pick per-row inputs
+    such as class labels).
+
+    Exactly one of `seed` and `generator`: with `seed` every batch gets a fresh generator seeded `seed + rows.start`
+    (a batch's noise does not depend on the batches before it); with `generator` the batches draw from it in turn.
+    Batches keep memory bounded and, on a CPU, run faster per image than one large batch.
+    """
+    if (seed is None) == (generator is None):
+        raise ValueError(f"give exactly one of seed and generator, got seed={seed!r}, generator={generator!r}")
+    for name, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    batches = []
+    for start in range(0, n, batch_size):
+        rows = slice(start, min(start + batch_size, n))
+        batch_generator = generator if seed is None else torch.Generator().manual_seed(seed + start)
+        batches.append(sample(rows, batch_generator).cpu())
+    return torch.cat(batches)
 
 
 def slerp(z_0: Tensor, z_1: Tensor, weight: float | Tensor) -> Tensor:
@@ -225,14 +267,15 @@ def slerp(z_0: Tensor, z_1: Tensor, weight: float | Tensor) -> Tensor:
     """
     if z_0.shape != z_1.shape:
         raise ValueError(f"z_1 must have the shape of z_0 {tuple(z_0.shape)}, got {tuple(z_1.shape)}")
-    w = torch.as_tensor(weight, dtype=z_0.dtype)
-    if torch.any((w < 0) | (w > 1)):
+    weights = torch.as_tensor(weight, dtype=z_0.dtype)
+    if torch.any((weights < 0) | (weights > 1)):
         raise ValueError(f"weight must lie in [0, 1], got {weight}")
-    a, b = z_0.flatten(1), z_1.flatten(1)
-    cos = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))
+    flat_0, flat_1 = z_0.flatten(1), z_1.flatten(1)
+    cos = (flat_0 * flat_1).sum(1) / (flat_0.norm(dim=1) * flat_1.norm(dim=1))
     theta = torch.arccos(cos.clamp(-1.0, 1.0))  # (B,)
-    w_ = w.reshape(-1, 1) if w.ndim else w.reshape(1, 1)  # (K, 1)
+    column = weights.reshape(-1, 1)  # (K, 1), K = 1 for a float weight
     sin = torch.sin(theta).clamp(min=1e-12)
-    out = (torch.sin((1 - w_) * theta) / sin)[..., None] * a + (torch.sin(w_ * theta) / sin)[..., None] * b  # (K, B, D)
+    out = ((torch.sin((1 - column) * theta) / sin)[..., None] * flat_0
+           + (torch.sin(column * theta) / sin)[..., None] * flat_1)  # (K, B, D)
     out = out.reshape(out.shape[0], *z_0.shape)
-    return out if w.ndim else out[0]
+    return out if weights.ndim else out[0]

@@ -10,6 +10,14 @@ Notation (one name per quantity; see math/notation.tex):
     alpha_bar_prev[t]           bar-alpha_t  (alpha_bar_prev[0] = 1) alpha_t                         alpha_prod_t_prev (inline)
     posterior_variance[t]       tilde-beta_{t+1}                     sigma_{t+1}^2 at eta = 1        (DDPMScheduler variance)
 
+Three different sigmas, three names (math/notation.tex):
+    reverse_std     DDPM's sigma_t, the standard deviation of p_theta(x_{t-1} | x_t) (Algorithm 2 line 4; sec. 3.2),
+                    sqrt of `elbo.reverse_variance`
+    sigma_eta       DDIM's sigma_t(eta) (DDIM eq. 16), the standard deviation of the fresh noise in a DDIM step
+    noise_level     DDIM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (DDIM sec. 4.3; EDM's sigma),
+                    `sde.noise_levels(schedule)` for every t
+The network's output, the predicted noise, is `eps_theta` everywhere; `eps` is the true noise.
+
 Time indexing, stated once (STYLE.md rule 4): code timesteps are 0-based, t in {0, ..., T-1}, and code t is
 the paper's t+1. So `alpha_bar[0] = 1 - beta[0]` is the paper's bar-alpha_1, `alpha_bar[t]` equals diffusers'
 `alphas_cumprod[t]`, and `alpha_bar_prev[0] = 1` stands for the clean data (the paper's bar-alpha_0).
@@ -20,7 +28,7 @@ Every table is float64 (rule 5); `extract` casts to the data's dtype at the poin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -129,12 +137,17 @@ class NoiseSchedule:
             f"alpha_bar[-1]={self.alpha_bar[-1].item():.3g})"
         )
 
-    def table_names(self) -> list[str]:
-        """Names of the (T,) tables this schedule holds, in definition order."""
-        return [f.name for f in fields(self)]
+    def alpha_bar_at(self, t: int) -> float:
+        """alpha_bar[t] for a code timestep t in [0, T), and 1 for t = -1, the clean data (the paper's bar-alpha_0).
+
+        The value a sampler needs at the timestep it steps to (DDIM's t_prev) or from (DDIM inversion).
+        """
+        if isinstance(t, bool) or not isinstance(t, int) or not -1 <= t < self.T:
+            raise ValueError(f"t must be an int in [-1, T) = [-1, {self.T}) (-1: the clean data), got {t!r}")
+        return self.alpha_bar[t].item() if t >= 0 else 1.0
 
 
-def timesteps(schedule: NoiseSchedule, t: int | Tensor, batch_size: int) -> Tensor:
+def check_timesteps(schedule: NoiseSchedule, t: int | Tensor, batch_size: int) -> Tensor:
     """Validate `t` and return it as an int64 tensor of shape (batch_size,).
 
     `t` is a Python int (one timestep for the whole batch) or an integer tensor of shape (batch_size,) or ().

@@ -6,8 +6,9 @@
 - `VPSDE`: the continuous-time view of a discrete schedule, `VPSDE.from_schedule(schedule)`, with `beta(s)`,
   `alpha_bar(s)`, `drift(x, s)` and `diffusion(s)`.
 - `probability_flow_drift`, `reverse_sde_drift`: the right-hand sides of the probability-flow ODE and the reverse SDE.
-- `noise_level`, `timestep_at_noise_level`: DDIM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for every code
-  timestep, and the code t nearest to a continuous sigma.
+- `noise_levels`, `timestep_at_noise_level`: DDIM's noise level sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for every code
+  timestep (code name `noise_level`, not to be confused with DDIM's sigma_eta or DDPM's reverse_std), and the
+  code t nearest to a continuous noise level.
 - `probability_flow_velocity`, `probability_flow_sample`: the probability-flow ODE in DDIM's variables,
   d x_bar / d sigma = eps(x_bar / sqrt(1 + sigma^2), t(sigma)), and its solution with scipy's adaptive Runge-Kutta
   solvers (`scipy.integrate.solve_ivp`), counting model evaluations.
@@ -28,8 +29,9 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor, nn
 
-from ddpm_lite.samplers import model_device
-from ddpm_lite.schedules import NoiseSchedule, extract, timesteps
+from ddpm_lite.checks import check_finite_number
+from ddpm_lite.devices import pick_device
+from ddpm_lite.schedules import NoiseSchedule, check_timesteps, extract
 
 Method = Literal["RK45", "RK23", "DOP853"]  # scipy's explicit adaptive Runge-Kutta methods
 Callback = Callable[[int, int, Tensor, Tensor], None]
@@ -122,34 +124,34 @@ def reverse_sde_drift(sde: VPSDE, x: Tensor, s: float, score: Tensor) -> Tensor:
     return sde.drift(x, s) - sde.beta(s).item() * score  # Song et al. 2021, eq. 6; math/score_sde.tex eq:reverse-sde-vp
 
 
-def noise_level(schedule: NoiseSchedule) -> Tensor:
+def noise_levels(schedule: NoiseSchedule) -> Tensor:
     """DDIM's noise level sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for every code t: (T,) float64, increasing."""
     return ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()  # DDIM sec. 4.3; math/ddim.tex eq:ddim-ode-variables
 
 
-def timestep_at_noise_level(schedule: NoiseSchedule, sigma: float) -> int:
-    """t(sigma): the code t whose sigma_t is nearest to `sigma` on a log scale; 0 for sigma <= sigma_0, T-1 above
-    sigma_{T-1}. On the grid, t(sigma_t) = t. math/score_sde.tex eq:t-of-sigma"""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-    if sigma == 0:
+def timestep_at_noise_level(schedule: NoiseSchedule, noise_level: float) -> int:
+    """t(sigma): the code t whose noise level sigma_t is nearest to `noise_level` on a log scale; 0 for levels up to
+    sigma_0, T-1 above sigma_{T-1}. On the grid, t(sigma_t) = t. math/score_sde.tex eq:t-of-sigma"""
+    check_finite_number("noise_level", noise_level, minimum=0)
+    if noise_level == 0:
         return 0
-    log_sigma = noise_level(schedule).log()
-    edges = (log_sigma[:-1] + log_sigma[1:]) / 2  # between sigma_t and sigma_{t+1}, geometrically
-    return int(torch.searchsorted(edges, torch.tensor([math.log(sigma)], dtype=torch.float64)).item())
+    log_levels = noise_levels(schedule).log()
+    edges = (log_levels[:-1] + log_levels[1:]) / 2  # between sigma_t and sigma_{t+1}, geometrically
+    return int(torch.searchsorted(edges, torch.tensor([math.log(noise_level)], dtype=torch.float64)).item())
 
 
-def probability_flow_velocity(model: nn.Module, schedule: NoiseSchedule, x_bar: Tensor, sigma: float) -> Tensor:
-    """d x_bar / d sigma of the probability-flow ODE in DDIM's variables: eps_theta(x_bar / sqrt(1 + sigma^2), t).
+def probability_flow_velocity(model: nn.Module, schedule: NoiseSchedule, x_bar: Tensor, noise_level: float) -> Tensor:
+    """d x_bar / d sigma of the probability-flow ODE in DDIM's variables: eps_theta(x_bar / sqrt(1 + sigma^2), t),
+    with sigma = `noise_level`.
 
-    x_bar = x / sqrt(alpha_bar): (B, ...); sigma >= 0; t = t(sigma). The model sees x_t in x_bar's dtype on its own
+    x_bar = x / sqrt(alpha_bar): (B, ...); noise_level >= 0; t = t(sigma). The model sees x_t in x_bar's dtype on its own
     device. Returns eps, (B, ...) on the model's device. math/score_sde.tex eq:pf-ode-ddim, eq:t-of-sigma
     """
     if not isinstance(x_bar, Tensor) or x_bar.ndim < 1:
         raise ValueError(f"x_bar must be a tensor with a batch dimension (B, ...), got {_shape(x_bar)}")
-    t = timestep_at_noise_level(schedule, sigma)
-    device = model_device(model)
-    x_t = x_bar.to(device) / math.sqrt(1 + sigma**2)  # math/ddim.tex eq:ddim-ode-back
+    t = timestep_at_noise_level(schedule, noise_level)
+    device = pick_device(None, model)
+    x_t = x_bar.to(device) / math.sqrt(1 + noise_level**2)  # math/ddim.tex eq:ddim-ode-back
     return model(x_t, torch.full((x_bar.shape[0],), t, dtype=torch.int64, device=device))
 
 
@@ -184,23 +186,24 @@ def probability_flow_sample(
     if not isinstance(x_T, Tensor) or x_T.ndim < 1 or x_T.shape[0] < 1:
         raise ValueError(f"x_T must be a tensor (B, ...) with B >= 1, got {_shape(x_T)}")
     shape, dtype = x_T.shape, x_T.dtype
-    sigma_max = noise_level(schedule)[-1].item()
+    noise_level_max = noise_levels(schedule)[-1].item()
     nfe = 0
 
-    def velocity(sigma: float, y: np.ndarray) -> np.ndarray:  # solve_ivp's fun(t, y) with sigma as the time
+    def velocity(noise_level: float, y: np.ndarray) -> np.ndarray:  # solve_ivp's fun(t, y), the noise level as time
         nonlocal nfe
         x_bar = torch.from_numpy(y).reshape(shape)
-        eps = probability_flow_velocity(model, schedule, x_bar.to(dtype), sigma)
+        eps_theta = probability_flow_velocity(model, schedule, x_bar.to(dtype), noise_level)
         nfe += 1
-        if callback is not None:  # the x_0 guess at level sigma, x_bar - sigma eps (eq:predict-x0 on the grid)
-            x_t, x_0_pred = x_bar / math.sqrt(1 + sigma**2), x_bar - sigma * eps.to("cpu", torch.float64)
-            callback(nfe, timestep_at_noise_level(schedule, sigma), x_t.to(dtype), x_0_pred.to(dtype))
-        return eps.to("cpu", torch.float64).reshape(-1).numpy()
+        if callback is not None:  # the x_0 guess at level sigma, x_bar - sigma eps_theta (eq:predict-x0 on the grid)
+            x_t = x_bar / math.sqrt(1 + noise_level**2)
+            x_0_pred = x_bar - noise_level * eps_theta.to("cpu", torch.float64)
+            callback(nfe, timestep_at_noise_level(schedule, noise_level), x_t.to(dtype), x_0_pred.to(dtype))
+        return eps_theta.to("cpu", torch.float64).reshape(-1).numpy()
 
     # 1. x_bar at sigma_{T-1}: x_T / sqrt(alpha_bar_{T-1}) = x_T sqrt(1 + sigma_{T-1}^2); math/ddim.tex eq:ddim-ode-back
-    x_bar_T = x_T.detach().to("cpu", torch.float64) * math.sqrt(1 + sigma_max**2)
+    x_bar_T = x_T.detach().to("cpu", torch.float64) * math.sqrt(1 + noise_level_max**2)
     # 2. integrate d x_bar / d sigma = eps down to sigma = 0 (math/score_sde.tex eq:pf-ode-ddim)
-    solution = solve_ivp(velocity, (sigma_max, 0.0), x_bar_T.reshape(-1).numpy(), method=method, rtol=rtol, atol=atol)
+    solution = solve_ivp(velocity, (noise_level_max, 0.0), x_bar_T.reshape(-1).numpy(), method=method, rtol=rtol, atol=atol)
     if not solution.success:
         raise RuntimeError(f"solve_ivp ({method}) failed: {solution.message}")
     # 3. at sigma = 0, x_bar = x_0
@@ -211,7 +214,7 @@ def probability_flow_sample(
 def _check_batch(schedule: NoiseSchedule, name: str, value: Tensor, t: int | Tensor) -> Tensor:
     if not isinstance(value, Tensor) or value.ndim < 1:
         raise ValueError(f"{name} must be a tensor with a batch dimension (B, ...), got {_shape(value)}")
-    return timesteps(schedule, t, value.shape[0])
+    return check_timesteps(schedule, t, value.shape[0])
 
 
 def _shape(value: object) -> str:

@@ -1,21 +1,18 @@
 """Training: DDPM Algorithm 1 (the simple loss), with EMA, gradient clipping, checkpoints and exact resume.
 
-`train(config, out_dir)` runs the loop. A checkpoint holds everything needed to continue exactly (model, EMA,
-optimiser, learning-rate schedule, step, RNG states, config, loss history) and is written atomically: to a temporary
-file in the same folder, then renamed over the old one, so a crash never leaves a half-written checkpoint. On the CPU
-a run stopped and resumed ends with the same weights, bit for bit, as a run that was never stopped.
+`train(config, data, out_dir)` runs the loop; the configs and presets are `ddpm_lite.configs`, the checkpoint files
+`ddpm_lite.checkpoints`. On the CPU a run stopped and resumed ends with the same weights, bit for bit, as a run that
+was never stopped. The loop samples and draws nothing itself: progress grids and other side tasks run in
+`callback(step, model, ema)` (the CLI writes its sample grids there).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,80 +20,21 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from ddpm_lite.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ddpm_lite.configs import TrainConfig
+from ddpm_lite.devices import pick_device
 from ddpm_lite.forward import q_sample
-from ddpm_lite.models import MLPConfig, TimeMLP, UNet, UNetConfig
-from ddpm_lite.schedules import NoiseSchedule, ScheduleName
+from ddpm_lite.models import make_model
+from ddpm_lite.schedules import NoiseSchedule
 
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    name: str  # preset name, also the default output folder
-    data: Literal["mixture", "swiss_roll", "two_moons", "mnist", "cifar10"]  # what to train on
-    model: MLPConfig | UNetConfig  # the network; its class follows from the config's type
-    schedule: ScheduleName = "linear"  # beta schedule (DDPM: linear)
-    T: int = 1000  # diffusion steps (DDPM: 1000)
-    steps: int = 2000  # optimiser steps
-    batch_size: int = 128  # images or points per step (DDPM CIFAR-10: 128)
-    lr: float = 2e-4  # peak AdamW learning rate (DDPM CIFAR-10: 2e-4)
-    warmup: int = 100  # steps of linear learning-rate warm-up (DDPM: 5000 for 800k steps)
-    weight_decay: float = 0.0  # AdamW weight decay (DDPM used Adam, i.e. 0)
-    grad_clip: float = 1.0  # max gradient norm (DDPM: 1.0)
-    ema_decay: float = 0.999  # EMA of the weights (DDPM: 0.9999 over 800k steps; shorter runs need less)
-    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) at update n, so early weights fade (see ema_update)
-    seed: int = 0  # seeds the initial weights, the data order, the timesteps and the noise
-    checkpoint_every: int = 500  # steps between checkpoints (and at the end)
-    sample_every: int = 0  # steps between sample grids written to the output folder; 0 = only at the end
-    n_points: int = 50_000  # size of the fixed training set for 2-D data
-    label_dropout: float = 0.0  # class-conditional models: chance a label is replaced by "no label" (Ho & Salimans: 0.1-0.2)
-    channels_last: bool = False  # images: keep the UNet's weights and inputs in NHWC order (6% faster steps, 2-core CPU)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        if self.label_dropout and not getattr(self.model, "num_classes", 0):
-            raise ValueError("label_dropout > 0 needs a class-conditional model (UNetConfig.num_classes > 0)")
-        if self.channels_last and not isinstance(self.model, UNetConfig):
-            raise ValueError(f"channels_last applies to images (a UNetConfig), got {type(self.model).__name__}")
-
-
-CONFIGS: dict[str, TrainConfig] = {
-    # 2-D mixture: the MLP learns it in well under a minute on a laptop CPU.
-    "2d": TrainConfig(name="2d", data="mixture", model=MLPConfig(), steps=2000, batch_size=256, lr=2e-3,
-                      warmup=100, ema_decay=0.995, checkpoint_every=500),
-    # MNIST on a CPU: a ~1.1 M-parameter UNet (attention at 7x7), cosine betas and an EMA with warm-up. Tuned for
-    # sample quality per CPU-minute (benchmarks/README.md): at ten minutes on 2 cores these two changes took the
-    # Frechet distance from 11.96 (mnist-ddpm) to 4.42.
-    "mnist": TrainConfig(name="mnist", data="mnist", model=UNetConfig(num_res_blocks=1), schedule="cosine",
-                         steps=4500, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, ema_warmup=True,
-                         checkpoint_every=250, sample_every=1000, channels_last=True),
-    # The course's first MNIST recipe, DDPM's choices: linear betas, constant EMA decay. checkpoints/mnist.pt and
-    # mnist_long.pt were trained with it (checkpoints/README.md).
-    "mnist-ddpm": TrainConfig(name="mnist-ddpm", data="mnist", model=UNetConfig(num_res_blocks=1), steps=4500,
-                              batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, checkpoint_every=250,
-                              sample_every=1000),
-    # Class-conditional MNIST for classifier-free guidance (notebook 09): the same UNet plus a label embedding; 10% of
-    # labels are dropped to "no label" so that one network learns both eps(x_t, t, y) and eps(x_t, t).
-    # checkpoints/mnist_cfg.pt is this preset (6,000 steps, trained on a GPU).
-    "mnist-cfg": TrainConfig(name="mnist-cfg", data="mnist", model=UNetConfig(num_res_blocks=1, num_classes=10),
-                             steps=6000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, checkpoint_every=500,
-                             sample_every=1000, label_dropout=0.1),
-    # DDPM's CIFAR-10 run (Ho et al. 2020, appendix B): 35.7 M parameters; for GPUs.
-    "cifar10": TrainConfig(name="cifar10", data="cifar10",
-                           model=UNetConfig(image_channels=3, image_size=32, base_channels=128,
-                                            channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
-                                            dropout=0.1, groups=32),
-                           steps=800_000, batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
-                           checkpoint_every=10_000, sample_every=50_000),
-}
+__all__ = ["NonFiniteLossError", "TrainResult", "WeightAverages", "ddpm_loss", "ema_update", "train"]
 
 
 def ema_update(decay: float, warmup: bool = False):
     """The update for torch's AveragedModel: ema <- decay_n * ema + (1 - decay_n) * weights at update n = 1, 2, ...
 
-    Without warm-up decay_n = decay: after n updates the initial weights still make up decay**n of the average
-    (0.999**2000 = 13.5%; the first 200 steps' weights 16.5%). With warm-up decay_n = min(decay, (1 + n) / (10 + n)),
+    Without warm-up decay_n = decay: after n updates the initial weights still make up decay**n of the average, a
+    large share for runs not much longer than 1 / (1 - decay) steps. With warm-up decay_n = min(decay, (1 + n) / (10 + n)),
     the rule of diffusers' EMAModel and of TensorFlow's ExponentialMovingAverage(num_updates=...): until decay_n
     reaches `decay` (at n = 8,991 for 0.999) the average spans roughly the last tenth of the updates, and after
     2,000 updates the first 200 steps' share is about 1e-9.
@@ -113,18 +51,26 @@ def ema_update(decay: float, warmup: bool = False):
     return update
 
 
-def make_model(config: MLPConfig | UNetConfig) -> nn.Module:
-    """The network a config describes."""
-    if isinstance(config, MLPConfig):
-        return TimeMLP(config)
-    if isinstance(config, UNetConfig):
-        return UNet(config)
-    raise ValueError(f"config must be an MLPConfig or a UNetConfig, got {type(config).__name__}")
+class WeightAverages:
+    """Several averages of one run's weights side by side, each the EMA a run with that setting would keep, so that
+    EMA settings can be compared on one run. `rules`: name -> (decay, warmup) as in `ema_update`. Use an instance as
+    (part of) `train`'s callback: `averages(step, model, ema)` updates every average from the raw weights."""
+
+    def __init__(self, model: nn.Module, rules: dict[str, tuple[float, bool]]):
+        self.models = {name: AveragedModel(model, multi_avg_fn=ema_update(decay, warmup), use_buffers=True)
+                       for name, (decay, warmup) in rules.items()}
+
+    def __call__(self, step: int, model: nn.Module, ema: nn.Module | None = None) -> None:
+        for average in self.models.values():
+            average.update_parameters(model)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.models[name].module
 
 
 def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator: torch.Generator | None = None,
               y: Tensor | None = None) -> Tensor:
-    """L_simple for a batch, DDPM Algorithm 1: E ||eps - eps_theta(sqrt(ab) x_0 + sqrt(1 - ab) eps, t)||^2.
+    """L_simple for a batch, DDPM Algorithm 1: E ||eps - eps_theta(sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, t)||^2.
 
     x_0: (B, ...) on the model's device; y: optional (B,) int64 labels for a class-conditional model. t and eps are
     drawn on the CPU from `generator`, then moved. Returns a scalar. math/elbo.tex eq:l-simple
@@ -136,15 +82,6 @@ def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator:
     x_t = q_sample(schedule, x_0, t, eps)  # math/forward.tex eq:reparam
     eps_theta = model(x_t, t) if y is None else model(x_t, t, y)
     return F.mse_loss(eps_theta, eps)  # 5. gradient step on ||eps - eps_theta||^2; math/elbo.tex eq:l-simple
-
-
-def pick_device() -> torch.device:
-    """cuda if available, else Apple's mps, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -173,7 +110,7 @@ def train(
     labels: Tensor | None = None,
     max_seconds: float | None = None,
     mixed_precision: bool | None = None,
-    callback: Callable[[int, nn.Module], None] | None = None,
+    callback: Callable[[int, nn.Module, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train an eps-predictor on `data` (N, ...) with DDPM Algorithm 1 for `steps` (default config.steps) steps.
 
@@ -184,13 +121,13 @@ def train(
     ends this call after that many steps (as if interrupted) without changing the planned total, for tests;
     `max_seconds` ends it at the first step that finishes after that much wall time (for equal-time benchmarks).
     `mixed_precision` (default: on CUDA only) runs the forward pass in bfloat16 autocast; False keeps float32
-    everywhere, as on a CPU. `callback(step, model)` runs after every optimiser step (benchmarks use it to keep
-    extra weight averages).
+    everywhere, as on a CPU. `callback(step, model, ema)` runs after every optimiser step with the raw and the
+    EMA network (the CLI writes sample grids there; scripts/tune_mnist.py keeps extra weight averages).
     """
     total = config.steps if steps is None else steps
     if total < 1:
         raise ValueError(f"steps must be at least 1, got {total}")
-    device = torch.device(device) if device is not None else pick_device()
+    device = pick_device(device)
     out = Path(out_dir) if out_dir is not None else None
     schedule = NoiseSchedule.named(config.schedule, config.T)
     num_classes = getattr(config.model, "num_classes", 0)
@@ -254,7 +191,7 @@ def train(
         ema.update_parameters(model)
         step += 1
         if callback is not None:
-            callback(step, model)
+            callback(step, model, ema.module)
         losses.append(loss.item())
         # refresh=False: redrawing on every step floods a notebook's message channel (thousands of widget updates that
         # the front end or nbval may drop); update() redraws at most every 0.1 s, with the new postfix.
@@ -264,131 +201,8 @@ def train(
         if out is not None and (step % config.checkpoint_every == 0 or step == end or out_of_time):
             last_checkpoint = save_checkpoint(out / CHECKPOINT_NAME, config, model, ema, optimizer, warmup, generator,
                                               step, losses)
-        if out is not None and config.sample_every and step % config.sample_every == 0 and step < total:
-            _write_samples(out / f"samples_step{step:07d}.png", ema.module, schedule, data, config.seed)
     bar.close()
     model.eval()
     ema.eval()
     return TrainResult(model=model, ema=ema.module, losses=losses, seconds=time.perf_counter() - start,
                        checkpoint=last_checkpoint)
-
-
-def save_checkpoint(path: Path, config: TrainConfig, model: nn.Module, ema: AveragedModel, optimizer, lr_schedule,
-                    generator: torch.Generator, step: int, losses: list[float]) -> Path:
-    """Write everything needed to resume to `path`, atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "format": 1,
-        "config": config_to_dict(config),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_schedule": lr_schedule.state_dict(),
-        "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
-        "step": step,
-        "losses": losses,
-    }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates the file private to its owner
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: AveragedModel | nn.Module | None = None,
-                    *, expected: TrainConfig | None = None) -> dict:
-    """Load weights (and EMA weights) from `path` into `model` (and `ema`); return the whole checkpoint dict.
-
-    Raises ValueError, naming the differing fields, if the checkpoint's network config is not the model's (or if
-    `expected` is given and the training config differs in anything but the number of steps).
-    """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = config_to_dict(config_from_dict(state["config"]))  # fields added since the checkpoint get their defaults
-    model_config = getattr(model, "config", None)
-    if model_config is not None and saved["model"] != _asdict(model_config):
-        raise ValueError(f"checkpoint {path} was trained with another network config: "
-                         f"{_difference(saved['model'], _asdict(model_config))}")
-    if expected is not None:
-        wanted = {k: v for k, v in config_to_dict(expected).items() if k != "steps"}
-        have = {k: v for k, v in saved.items() if k != "steps"}
-        if wanted != have:
-            raise ValueError(f"checkpoint {path} was trained with another config: {_difference(have, wanted)}")
-    model.load_state_dict(state["model"])
-    if ema is not None:
-        ema.load_state_dict(state["ema"] if isinstance(ema, AveragedModel) else _ema_weights(state["ema"]))
-    return state
-
-
-def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Keep only what sampling needs (config, EMA weights, step, loss history): a quarter of the training checkpoint.
-
-    The result loads with `load_ema_model`; it cannot be resumed from (no raw weights, optimiser or RNG states).
-    """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    slim = {key: state[key] for key in ("format", "config", "ema", "step", "losses")}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(slim, out)
-    return out
-
-
-def load_ema_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The EMA network of a checkpoint, ready for sampling (eval mode), and its training config."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = config_from_dict(state["config"])
-    model = make_model(config.model)
-    model.load_state_dict(_ema_weights(state["ema"]))
-    return model.to(device).eval(), config
-
-
-def config_to_dict(config: TrainConfig) -> dict:
-    return {**_asdict(config), "model_type": type(config.model).__name__}
-
-
-def config_from_dict(saved: dict) -> TrainConfig:
-    saved = dict(saved)
-    model_type = {"MLPConfig": MLPConfig, "UNetConfig": UNetConfig}[saved.pop("model_type")]
-    model = saved.pop("model")
-    model = model_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
-    return TrainConfig(model=model, **saved)
-
-
-def _asdict(config) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))  # tuples -> lists, so saved and new compare equal
-
-
-def _difference(have: dict, wanted: dict) -> str:
-    keys = sorted(set(have) | set(wanted))
-    return "; ".join(f"{k}: checkpoint {have.get(k)!r} vs requested {wanted.get(k)!r}" for k in keys
-                     if have.get(k) != wanted.get(k))
-
-
-def _ema_weights(ema_state: dict) -> dict:
-    """AveragedModel's state dict holds the module under 'module.' plus a counter; keep the module's weights."""
-    return {k.removeprefix("module."): v for k, v in ema_state.items() if k.startswith("module.")}
-
-
-def _write_samples(path: Path, model: nn.Module, schedule: NoiseSchedule, data: Tensor, seed: int) -> None:
-    """A grid of 64 DDIM-50 samples (images) or 2,000 points (2-D), for watching training progress."""
-    import matplotlib.pyplot as plt
-
-    from ddpm_lite.samplers import ddim_sample
-    from ddpm_lite.viz import show_samples
-
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    n = 64 if data.ndim == 4 else 2000
-    samples = ddim_sample(model, schedule, (n, *data.shape[1:]), steps=50, generator=generator, progress=False).cpu()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    show_samples(samples, ax, path.stem)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    model.train(was_training)

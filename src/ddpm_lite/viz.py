@@ -22,7 +22,9 @@ from ddpm_lite.forward import q_sample, snr
 from ddpm_lite.schedules import NoiseSchedule
 
 IMAGE_RANGE = (-1.0, 1.0)  # data range; values outside are drawn as black or white
-POINT_LIMIT = 4.0  # 2-D panels show [-4, 4]^2: 99.99% of N(0, I) and all of the toy data
+SLIDER_WIDE = {"width": "36em"}  # a lone slider: wide enough to pick single timesteps
+SLIDER_HALF = {"width": "26em"}  # two sliders side by side
+POINT_LIMIT = 4.0  # 2-D panels show [-4, 4]^2: four standard deviations of N(0, I) and all of the toy data
 
 
 def image_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
@@ -37,10 +39,16 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
 
 
 def show_images(images: Tensor, *, nrow: int = 8, ax: Axes | None = None, title: str | None = None) -> Axes:
-    """Draw a batch of one-channel images, (B, 1, H, W) in [-1, 1], as a grid on `ax` (a new figure if None)."""
+    """Draw a batch of images, (B, 1, H, W) grey or (B, 3, H, W) colour in [-1, 1], as a grid on `ax` (a new
+    figure if None). Colour values outside the range are clipped."""
     if ax is None:
         _, ax = plt.subplots(figsize=(0.6 * min(nrow, len(images)) + 0.4, 0.6 * math.ceil(len(images) / nrow) + 0.6))
-    ax.imshow(image_grid(images, nrow=nrow), cmap="gray", vmin=IMAGE_RANGE[0], vmax=IMAGE_RANGE[1])
+    if images.ndim == 4 and images.shape[1] == 3:
+        grid = make_grid(images.detach().float().cpu().clamp(*IMAGE_RANGE), nrow=nrow, padding=2,
+                         pad_value=IMAGE_RANGE[1])
+        ax.imshow(((grid + 1) / 2).permute(1, 2, 0).numpy())  # (H, W, 3) in [0, 1]
+    else:
+        ax.imshow(image_grid(images, nrow=nrow), cmap="gray", vmin=IMAGE_RANGE[0], vmax=IMAGE_RANGE[1])
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -185,7 +193,7 @@ def xt_slider(
     point_eps = torch.randn(points.shape, generator=generator)
 
     t_slider = widgets.IntSlider(value=T // 4, min=0, max=T - 1, step=1, description="t",
-                                 continuous_update=False, layout=widgets.Layout(width="60%"))
+                                 continuous_update=False, layout=SLIDER_WIDE)
     choice = widgets.Dropdown(options=list(schedules), description="schedule")
 
     def redraw(t: int, schedule: str) -> None:
@@ -218,7 +226,7 @@ def trajectory_slider(ts: Sequence[int], xs: Tensor, x0s: Tensor, nrow: int = 4)
     from IPython.display import display
 
     slider = widgets.IntSlider(value=0, min=0, max=len(ts) - 1, step=1, description="frame",
-                               continuous_update=False, layout=widgets.Layout(width="60%"))
+                               continuous_update=False, layout=SLIDER_WIDE)
 
     def redraw(index: int) -> None:
         fig = draw_trajectory_frame(index, ts, xs, x0s, nrow)
@@ -230,7 +238,7 @@ def trajectory_slider(ts: Sequence[int], xs: Tensor, x0s: Tensor, nrow: int = 4)
 
 def show_samples(x: Tensor, ax: Axes, title: str, *, nrow: int = 8, s: float = 2,
                  limit: float | None = None) -> Axes:
-    """Draw samples on `ax`: images (B, 1, H, W) as a grid (clamped to the data range), points (N, 2) as a scatter
+    """Draw samples on `ax`: images (B, C, H, W) as a grid (clamped to the data range), points (N, 2) as a scatter
     with labelled axes (square, within +-`limit` when given)."""
     if x.ndim == 4:
         return show_images(x.clamp(*IMAGE_RANGE), nrow=nrow, ax=ax, title=title)
@@ -254,9 +262,9 @@ def sampler_slider(sample: Callable[[int, float], Tensor], steps: Sequence[int],
     if not steps or not etas:
         raise ValueError("steps and etas must each offer at least one value")
     steps_slider = widgets.SelectionSlider(options=list(steps), value=steps[len(steps) // 2], description="steps S",
-                                           continuous_update=False, layout=widgets.Layout(width="45%"))
+                                           continuous_update=False, layout=SLIDER_HALF)
     eta_slider = widgets.SelectionSlider(options=list(etas), value=etas[0], description="eta",
-                                         continuous_update=False, layout=widgets.Layout(width="45%"))
+                                         continuous_update=False, layout=SLIDER_HALF)
 
     def redraw(S: int, eta: float) -> None:
         x = sample(S, eta).detach().cpu()

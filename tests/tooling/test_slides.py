@@ -7,7 +7,6 @@ because it is small (17 cells, 3 figures). These tests need no network: the offl
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from html import unescape
 from html.parser import HTMLParser
@@ -16,12 +15,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tools import slides
+
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "02_posterior.ipynb"
 
-spec = importlib.util.spec_from_file_location("slides", ROOT / "tools" / "slides.py")
-slides = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(slides)
 
 
 class Sections(HTMLParser):

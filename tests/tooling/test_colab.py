@@ -7,7 +7,6 @@ is checked as soon as it exists.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
@@ -24,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 REPO = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
 SLUG = REPO.removeprefix("https://github.com/")  # OWNER/NAME
@@ -108,9 +107,8 @@ def test_colab_install_keeps_the_installed_torch(tmp_path):
 def test_sync_tool_rewrites_badge_install_and_downloads_then_restores_them(tmp_path):
     """tools/sync_repository_url.py on copies of notebooks 01 and 05: pointed at a fork it rewrites exactly the
     badge, the %pip line and the checkpoint link; pointed back, the files are byte for byte the committed ones."""
-    spec = importlib.util.spec_from_file_location("sync_repository_url", ROOT / "tools" / "sync_repository_url.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from tools import sync_repository_url as tool
+
     assert tool.repository() == REPO
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "mnist.pt").touch()

@@ -8,7 +8,6 @@ go to the test's tmp_path, which a failure message names. Marked `browser`: `pyt
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -26,7 +25,9 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-ROOT = Path(__file__).resolve().parents[1]
+from tools import slides
+
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "01_forward_process.ipynb"
 CHROMIUM = shutil.which("chromium")
 # --no-sandbox: Chromium's sandbox refuses to start as root (CI runs as root); the rest keeps it off the network.
@@ -189,13 +190,6 @@ def formulas(notebook: Path) -> int:
     return len(re.findall(r"\$\$.+?\$\$|\$[^$]+?\$", text, flags=re.DOTALL))
 
 
-def load_slides_tool():
-    spec = importlib.util.spec_from_file_location("slides", ROOT / "tools" / "slides.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.timeout(120)
 def test_offline_deck_renders_with_the_network_off(browser, tmp_path, private_home):
     """An offline deck (`make slides-offline`) opened from disk with no network: reveal.js starts, MathJax typesets
@@ -203,7 +197,6 @@ def test_offline_deck_renders_with_the_network_off(browser, tmp_path, private_ho
     vendored = ROOT / "build" / "slides" / "vendor"
     if not (vendored / "mathjax" / "MathJax.js").exists():
         pytest.skip("needs the vendored reveal.js and MathJax: run `make slides-offline` first (.ci/run does)")
-    slides = load_slides_tool()
     deck = slides.export(NOTEBOOK, tmp_path, offline=True)
     (tmp_path / "vendor").symlink_to(vendored)
     context = browser.new_context(offline=True, viewport={"width": 1280, "height": 800})

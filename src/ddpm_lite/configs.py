@@ -1,0 +1,75 @@
+"""Training configurations: `TrainConfig` (every knob of a run, with what each default is for) and the presets in
+`CONFIGS`, the recipes behind the course's committed models and the CLI's `--config`.
+
+How each preset was chosen and what it measured is in results/ (results/benchmarks.md for the tuning of `mnist`,
+results/checkpoints.md for the committed models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ddpm_lite.models import MLPConfig, UNetConfig
+from ddpm_lite.schedules import ScheduleName
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str  # preset name, also the default output folder
+    data: Literal["mixture", "swiss_roll", "two_moons", "mnist", "cifar10"]  # what to train on
+    model: MLPConfig | UNetConfig  # the network; its class follows from the config's type
+    schedule: ScheduleName = "linear"  # beta schedule (DDPM: linear)
+    T: int = 1000  # diffusion steps (DDPM: 1000)
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 128  # images or points per step (DDPM CIFAR-10: 128)
+    lr: float = 2e-4  # peak AdamW learning rate (DDPM CIFAR-10: 2e-4)
+    warmup: int = 100  # steps of linear learning-rate warm-up (DDPM: 5000 for 800k steps)
+    weight_decay: float = 0.0  # AdamW weight decay (DDPM used Adam, i.e. 0)
+    grad_clip: float = 1.0  # max gradient norm (DDPM: 1.0)
+    ema_decay: float = 0.999  # EMA of the weights (DDPM: 0.9999 over 800k steps; shorter runs need less)
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + n) / (10 + n)) at update n, so early weights fade (see ema_update)
+    seed: int = 0  # seeds the initial weights, the data order, the timesteps and the noise
+    checkpoint_every: int = 500  # steps between checkpoints (and at the end)
+    sample_every: int = 0  # steps between the sample grids the CLI writes to the output folder; 0 = none
+    n_points: int = 50_000  # size of the fixed training set for 2-D data
+    label_dropout: float = 0.0  # class-conditional models: chance a label is replaced by "no label" (Ho & Salimans: 0.1-0.2)
+    channels_last: bool = False  # images: keep the UNet's weights and inputs in NHWC order, for oneDNN's and cuDNN's faster convolutions
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.label_dropout and not getattr(self.model, "num_classes", 0):
+            raise ValueError("label_dropout > 0 needs a class-conditional model (UNetConfig.num_classes > 0)")
+        if self.channels_last and not isinstance(self.model, UNetConfig):
+            raise ValueError(f"channels_last applies to images (a UNetConfig), got {type(self.model).__name__}")
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    # 2-D mixture: the MLP learns it in well under a minute on a laptop CPU.
+    "2d": TrainConfig(name="2d", data="mixture", model=MLPConfig(), steps=2000, batch_size=256, lr=2e-3,
+                      warmup=100, ema_decay=0.995, checkpoint_every=500),
+    # MNIST on a CPU: a small UNet (attention at 7x7), cosine betas and an EMA with warm-up, tuned for sample quality
+    # per CPU-minute (scripts/tune_mnist.py; the record is results/benchmarks.md).
+    "mnist": TrainConfig(name="mnist", data="mnist", model=UNetConfig(num_res_blocks=1), schedule="cosine",
+                         steps=4500, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, ema_warmup=True,
+                         checkpoint_every=250, sample_every=1000, channels_last=True),
+    # The course's first MNIST recipe, DDPM's choices: linear betas, constant EMA decay. checkpoints/mnist.pt and
+    # mnist_long.pt were trained with it (results/checkpoints.md).
+    "mnist-ddpm": TrainConfig(name="mnist-ddpm", data="mnist", model=UNetConfig(num_res_blocks=1), steps=4500,
+                              batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, checkpoint_every=250,
+                              sample_every=1000),
+    # Class-conditional MNIST for classifier-free guidance (notebook 09): the same UNet plus a label embedding; a tenth
+    # of the labels are dropped to "no label" so that one network learns both eps(x_t, t, y) and eps(x_t, t).
+    # checkpoints/mnist_cfg.pt is this preset (results/checkpoints.md).
+    "mnist-cfg": TrainConfig(name="mnist-cfg", data="mnist", model=UNetConfig(num_res_blocks=1, num_classes=10),
+                             steps=6000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, checkpoint_every=500,
+                             sample_every=1000, label_dropout=0.1),
+    # DDPM's CIFAR-10 run (Ho et al. 2020, appendix B), the paper's 35.7 M-parameter network; for GPUs.
+    "cifar10": TrainConfig(name="cifar10", data="cifar10",
+                           model=UNetConfig(image_channels=3, image_size=32, base_channels=128,
+                                            channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
+                                            dropout=0.1, groups=32),
+                           steps=800_000, batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
+                           checkpoint_every=10_000, sample_every=50_000),
+}

@@ -1,0 +1,130 @@
+"""Evaluation protocols behind the committed results (results/): one function per protocol, called alike by the
+script that wrote the record (scripts/) and by a notebook that recomputes part of it live, so the two cannot drift.
+
+- `ddim_mixture_rows`: DDIM's S x eta grid on the 2-D mixture with the exact noise predictor (every error is the
+  sampler's): sliced Wasserstein distance to the data, mean and standard error over trials, beside the data floor.
+- `ddim_mnist_rows`: the same grid on MNIST from a checkpoint, plus a DDPM-T reference row: offline digit metrics.
+- `script_parser`, `machine_line`, `markdown_table`, `write_rows`: the scripts' one convention. Every script in
+  scripts/ runs as `python scripts/NAME.py [INPUTS] [--threads N] [--out FILE]`, prints a line naming the machine,
+  threads, torch version and date, then its markdown table(s) for results/, and with `--out` writes the same rows as
+  CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ddpm_lite.checkpoints import load_for_sampling
+from ddpm_lite.data import load_mnist
+from ddpm_lite.digits import digit_metrics, load_digit_classifier
+from ddpm_lite.metrics import sliced_wasserstein, sliced_wasserstein_floor
+from ddpm_lite.mixture import MixtureEpsModel, default_mixture
+from ddpm_lite.samplers import ddim_sample, ddpm_sample, sample_in_batches
+from ddpm_lite.schedules import NoiseSchedule
+
+STEPS = (10, 20, 50, 100, 1000)  # the DDIM paper's Table 1 columns S
+ETAS = (0.0, 0.2, 0.5, 1.0)  # and its rows eta
+
+
+def ddim_mixture_rows(n: int = 20_000, repeats: int = 3, steps_list: Sequence[int] = STEPS,
+                      etas: Sequence[float] = ETAS, progress: bool = False) -> list[dict]:
+    """One row per (S, eta): sliced Wasserstein distance of n DDIM samples (exact predictor, linear schedule, T =
+    1000) to n data points, mean and standard error over `repeats` trials. Each trial has fresh starting noise and
+    fresh reference data, shared by all etas of the trial, so differences between etas are paired."""
+    schedule = NoiseSchedule.named("linear", 1000)
+    mixture = default_mixture()
+    model = MixtureEpsModel(mixture, schedule)
+    floor, floor_sd = sliced_wasserstein_floor(lambda k, g: mixture.sample(k, g), n, repeats=max(repeats, 5),
+                                               generator=torch.Generator().manual_seed(1))
+    rows = []
+    for steps, eta in tqdm([(s, e) for s in steps_list for e in etas], desc="mixture cells", disable=not progress):
+        start, distances = time.perf_counter(), []
+        for trial in range(repeats):
+            reference = mixture.sample(n, torch.Generator().manual_seed(100 + trial))
+            x = ddim_sample(model, schedule, (n, 2), steps=steps, eta=eta, progress=False,
+                            generator=torch.Generator().manual_seed(200 + trial))
+            distances.append(sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(300 + trial)))
+        mean = sum(distances) / repeats
+        se = (sum((d - mean) ** 2 for d in distances) / (repeats - 1) / repeats) ** 0.5
+        rows.append(dict(dataset="mixture", model="exact", device="cpu", sampler="ddim", steps=steps, eta=eta,
+                         n=n, repeats=repeats, sliced_wasserstein=round(mean, 5), sliced_wasserstein_se=round(se, 5),
+                         sliced_wasserstein_floor=round(floor, 5), floor_sd=round(floor_sd, 5),
+                         seconds=round(time.perf_counter() - start, 1)))
+    return rows
+
+
+def ddim_mnist_rows(checkpoint: str | os.PathLike, n: int, device: str = "cpu", batch: int = 50,
+                    steps_list: Sequence[int] = STEPS, ddpm: bool = True, etas: Sequence[float] = ETAS,
+                    progress: bool = False) -> list[dict]:
+    """One row per (S, eta), plus a DDPM-T row first when `ddpm`: offline digit metrics (Frechet distance in the
+    course classifier's features, not Inception-FID; confident share) of n samples against the training digits.
+    Samples are drawn `batch` at a time, batch k seeded 10 + its first row, the same for every cell."""
+    model, schedule, config = load_for_sampling(checkpoint, device)
+    reference = load_mnist(train=True)[0].tensors[0]
+    classifier = load_digit_classifier()
+    cells = [("ddpm", config.T, 1.0)] * ddpm + [("ddim", steps, eta) for steps in steps_list for eta in etas]
+    rows = []
+    for sampler, steps, eta in tqdm(cells, desc=f"{Path(checkpoint).stem} cells", disable=not progress):
+        start = time.perf_counter()
+
+        def sample(batch_rows: slice, generator: torch.Generator) -> torch.Tensor:
+            shape = (len(range(n)[batch_rows]), 1, 28, 28)
+            if sampler == "ddpm":
+                return ddpm_sample(model, schedule, shape, generator=generator, progress=False)
+            return ddim_sample(model, schedule, shape, steps=steps, eta=eta, generator=generator, progress=False)
+
+        x = sample_in_batches(sample, n, batch, seed=10)
+        m = digit_metrics(x.clamp(-1, 1), reference, classifier)
+        rows.append(dict(dataset="mnist", model=Path(checkpoint).stem, device=str(device), sampler=sampler,
+                         steps=steps, eta=eta, n=n, frechet_distance=round(m.frechet_distance, 3),
+                         confident_share=round(m.confident_share, 4), classes_covered=m.classes_covered,
+                         seconds=round(time.perf_counter() - start, 1)))
+    return rows
+
+
+def write_rows(rows: Sequence[dict], path: str | os.PathLike, fields: Sequence[str] | None = None) -> Path:
+    """Write `rows` as CSV to `path` (folders created), columns `fields` (default: the first row's keys); missing
+    values are left empty. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(fields or rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def script_parser(doc: str, *, threads: int = 2, out: str | None = None) -> argparse.ArgumentParser:
+    """An argument parser with the scripts' shared options: `--threads` (torch CPU threads, default `threads`) and
+    `--out` (the CSV to write; default `out`, None for none)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=threads, help=f"torch CPU threads (default {threads})")
+    parser.add_argument("--out", default=out, help="CSV to write, one row per line of the table"
+                                                   + (f" (default {out})" if out else " (default: none)"))
+    return parser
+
+
+def machine_line(threads: int) -> str:
+    """What a measurement ran on: architecture, cores, threads, torch version, today's date."""
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}, "
+            f"{time.strftime('%Y-%m-%d')}")
+
+
+def markdown_table(rows: Sequence[dict], columns: dict[str, str]) -> str:
+    """A markdown table of `rows`: `columns` maps each header to a format spec applied to row[header's key], given
+    as 'key' or 'key:spec' (e.g. {'Frechet distance': 'frechet_distance:.2f'})."""
+    keys = [(header, *column.split(":", 1)) for header, column in columns.items()]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [format(row[key], spec[0]) if spec else str(row[key]) for _, key, *spec in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
