@@ -1,6 +1,6 @@
 """How long the course takes to run: every notebook executed top to bottom as CI does, one after another.
 
-    python benchmarks/course_time.py [--threads 2] [notebooks/*.ipynb]
+    python scripts/course_time.py [--threads 2] [--out FILE.csv] [notebooks/*.ipynb]
 
 CI runs the notebooks through nbval (`make test`), in the kernel of the current environment with the notebook's folder
 as working directory; this does the same through nbclient, without writing anything back, and prints a markdown table
@@ -10,16 +10,16 @@ processes on the same cores slow every notebook down. OMP_NUM_THREADS is set to 
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-BUDGET_SECONDS = 600  # the whole course must execute in under 10 minutes on a 2-core laptop CPU
+from ddpm_lite.evaluate import machine_line, script_parser, write_rows
+
+BUDGET_SECONDS = 600  # the course's budget: every notebook, top to bottom, on a 2-core laptop CPU
 
 
 def run(path: Path, timeout: int) -> float:
@@ -31,22 +31,22 @@ def run(path: Path, timeout: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("notebooks", nargs="*", type=Path)
-    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for the kernels")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the kernels nbclient starts
     notebooks = args.notebooks or sorted(Path(__file__).resolve().parent.parent.glob("notebooks/[0-9]*.ipynb"))
-    print(f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={args.threads}, "
-          f"{time.strftime('%Y-%m-%d')}\n")
+    print(f"{machine_line(args.threads)} (OMP_NUM_THREADS for the kernels)\n")
     print("| notebook | seconds |\n|---|---|")
-    total = 0.0
+    rows = []
     for path in notebooks:
-        seconds = run(path, args.timeout)
-        total += seconds
-        print(f"| {path.stem} | {seconds:.1f} |", flush=True)
+        rows.append(dict(notebook=path.stem, seconds=round(run(path, args.timeout), 1)))
+        print(f"| {path.stem} | {rows[-1]['seconds']:.1f} |", flush=True)
+    total = sum(row["seconds"] for row in rows)
     print(f"| **total** | **{total:.1f}** ({total / 60:.1f} min; budget {BUDGET_SECONDS / 60:.0f} min) |")
+    if args.out:
+        print(f"wrote {write_rows(rows, args.out)}")
     print(f"total_seconds={total:.1f} within_budget={total < BUDGET_SECONDS}")
 
 

@@ -1,10 +1,10 @@
 """Sample quality per CPU-minute: the course's MNIST recipe against a diffusers baseline, same data, same budget.
 
-    python benchmarks/quality_per_minute.py [--minutes 10] [--threads 2] [--samples 300]
+    python scripts/quality_per_minute.py [--minutes 10] [--threads 2] [--samples 300] [--out FILE.csv]
 
 In one run on one machine, with the thread count fixed:
 1. trains `ddpm_lite`'s `mnist` preset (UNet of `ddpm_lite.models`, cosine betas, AdamW 1e-3 with warm-up, gradient
-   clipping, EMA 0.999 with warm-up, batch 64, channels_last; tuned with benchmarks/tune_mnist.py) for `--minutes`
+   clipping, EMA 0.999 with warm-up, batch 64, channels_last; tuned with scripts/tune_mnist.py) for `--minutes`
    of wall time;
 2. trains the baseline a learner would otherwise write, the Hugging Face diffusion course's recipe: a diffusers
    `UNet2DModel` of the same size (channels 32/64/64, one ResNet layer per block, attention at the lowest
@@ -22,10 +22,7 @@ a measured float32 matrix-multiply peak (2048 x 2048) on the same threads.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import platform
 import time
 
 import torch
@@ -33,12 +30,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ddpm_lite.configs import CONFIGS
 from ddpm_lite.data import load_mnist
-from ddpm_lite.metrics import digit_metrics, load_digit_classifier
+from ddpm_lite.digits import digit_metrics, load_digit_classifier
 from ddpm_lite.models import count_parameters
-from ddpm_lite.samplers import ddim_sample, ddpm_sample
+from ddpm_lite.evaluate import machine_line, script_parser, write_rows
+from ddpm_lite.samplers import ddim_sample, ddpm_sample, sample_in_batches
 from ddpm_lite.schedules import NoiseSchedule
-from ddpm_lite.train import CONFIGS, train
+from ddpm_lite.train import train
 
 BATCH = 64  # both recipes
 
@@ -135,9 +134,8 @@ def evaluate(name: str, model: nn.Module, schedule: NoiseSchedule, train_steps: 
              reference: Tensor, classifier: nn.Module, n: int) -> dict:
     flops = training_flops_per_image(model)
     images_per_second = train_steps * BATCH / seconds
-    samples = torch.cat([ddim_sample(model, schedule, (min(50, n - i), 1, 28, 28), steps=100, eta=1.0,
-                                     generator=torch.Generator().manual_seed(1000 + i), progress=False)
-                         for i in range(0, n, 50)])
+    samples = sample_in_batches(lambda rows, g: ddim_sample(model, schedule, (len(range(n)[rows]), 1, 28, 28), steps=100,
+                                                            eta=1.0, generator=g, progress=False), n, 50, seed=1000)
     metrics = digit_metrics(samples.clamp(-1, 1), reference, classifier)
     shape = lambda b: (b, 1, 28, 28)  # noqa: E731
     return dict(
@@ -154,15 +152,13 @@ def evaluate(name: str, model: nn.Module, schedule: NoiseSchedule, train_steps: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall time per recipe")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for everything")
     parser.add_argument("--samples", type=int, default=300, help="samples per model for the digit metrics")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seconds = args.minutes * 60
-    print(f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch threads, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}; {args.minutes:g} min of training per recipe", flush=True)
+    print(f"{machine_line(args.threads)}; {args.minutes:g} min of training per recipe", flush=True)
 
     train_set, source = load_mnist(train=True)
     images = train_set.tensors[0]
@@ -183,8 +179,8 @@ def main() -> None:
         evaluate("diffusers UNet2DModel + DDPMScheduler (HF course recipe)", baseline, baseline_schedule,
                  baseline_steps, seconds, peak, images, classifier, args.samples),
     ]
-    print(f"\n| recipe | parameters | steps | train images/s | GFLOP/s counted (% of matmul peak) | Frechet (classifier, not FID) "
-          f"| confident | classes | s/image DDPM-1000 | DDIM-50 | DDIM-20 | sampler overhead |")
+    print("\n| recipe | parameters | steps | train images/s | GFLOP/s counted (% of matmul peak) | Frechet (classifier, not FID) "
+          "| confident | classes | s/image DDPM-1000 | DDIM-50 | DDIM-20 | sampler overhead |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["metrics"]
@@ -197,6 +193,11 @@ def main() -> None:
     print(f"sampler overhead beyond the network's forward passes (DDIM-50, batch 32): at most {worst:.1%} "
           f"({'under' if worst < 0.05 else 'NOT under'} 5%)")
     ratio = rows[0]["metrics"].frechet_distance / rows[1]["metrics"].frechet_distance
+    if args.out:
+        flat = [{**{k: v for k, v in r.items() if k != "metrics"}, "frechet_distance": r["metrics"].frechet_distance,
+                 "confident_share": r["metrics"].confident_share, "classes_covered": r["metrics"].classes_covered}
+                for r in rows]
+        print(f"wrote {write_rows(flat, args.out)}")
     print(f"frechet_ratio={ratio:.3f}")
 
 

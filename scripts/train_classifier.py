@@ -1,4 +1,4 @@
-"""Train the small MNIST classifier behind `ddpm_lite.metrics.digit_metrics` and ship its weights with the package.
+"""Train the small MNIST classifier behind `ddpm_lite.digits.digit_metrics` and ship its weights with the package.
 
     python scripts/train_classifier.py [--threads 1]
 
@@ -7,15 +7,13 @@ digits) with light augmentation (random rotations of +-10 degrees, shifts of +-2
 one-cycle learning rate, from a fixed seed. Each batch also holds noise images trained towards the uniform
 distribution (outlier exposure, Hendrycks et al. 2019), so that noise is not mistaken for confident digits.
 Then measures accuracy on `load_mnist(train=False)`, digits it never trained on; writes the weights to
-src/ddpm_lite/assets/digit_classifier.pt (atomically) and a README beside them recording how they were made and the
-reference values of `digit_metrics` on real digits, altered digits and noise.
-
-About 2 to 3 minutes on 2 CPU cores with the offline data; where other jobs share the CPU, `--threads 1` is faster.
+src/ddpm_lite/assets/digit_classifier.pt (atomically) and its record, results/digit_classifier.md: how the weights
+were made and the reference values of `digit_metrics` on real digits, altered digits and noise. Where other jobs
+share the CPU, `--threads 1` is faster.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
@@ -31,10 +29,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ddpm_lite.data import load_mnist
-from ddpm_lite.metrics import CONFIDENCE_THRESHOLD, DigitClassifier, digit_metrics
+from ddpm_lite.digits import CONFIDENCE_THRESHOLD, DigitClassifier, digit_metrics
+from ddpm_lite.evaluate import machine_line, markdown_table, script_parser, write_rows
 
-ASSETS = Path(__file__).resolve().parents[1] / "src" / "ddpm_lite" / "assets"
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "src" / "ddpm_lite" / "assets"
+RECORD = ROOT / "results" / "digit_classifier.md"
 SAMPLES_SEEN = 180_000  # default training length in images: 40 epochs of the 4,500 offline digits
+COLUMNS = {"images": "images", "Frechet distance": "frechet_distance:.4g", "confident share": "confident_share:.1%",
+           "classes covered": "classes_covered"}
 OUTLIER_WEIGHT = 0.5  # weight of the outlier-exposure loss; a quarter as many noise images as digits per batch
 
 
@@ -86,17 +89,15 @@ def save_atomically(write, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=None, help=f"default: about {SAMPLES_SEEN:,} images in all")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); 1 is faster when other jobs share the CPU")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]  # other processes slow training down; the README records the load
+    torch.set_num_threads(args.threads)
+    print(machine_line(args.threads))
+    load_before = os.getloadavg()[0]  # other processes slow training down; the record notes the load
     started = time.perf_counter()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
@@ -156,20 +157,23 @@ def main() -> None:
     for name, images in cases.items():
         metrics = digit_metrics(images, train_images, classifier)
         print(f"{name} vs training digits:\n{metrics}")
-        rows.append(f"| {name} | {metrics.frechet_distance:.4g} | {metrics.confident_share:.1%} "
-                    f"| {metrics.classes_covered}/10 |")
-    table = "\n".join(rows)
+        rows.append(dict(images=name, frechet_distance=metrics.frechet_distance,
+                         confident_share=metrics.confident_share, classes_covered=f"{metrics.classes_covered}/10"))
+    table = "\n".join(markdown_table(rows, COLUMNS).splitlines()[2:])  # the record writes its own header
+    if args.out:
+        print(f"wrote {write_rows(rows, args.out)}")
 
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     size = weights.stat().st_size
-    readme = f"""# digit_classifier.pt
+    record = f"""# The digit classifier: how `digit_classifier.pt` was trained, and reference values of `digit_metrics`
 
-Weights (a float32 `state_dict`) of `ddpm_lite.metrics.DigitClassifier`, loaded by `load_digit_classifier()` and
-used by `digit_metrics()`. Written by `scripts/train_classifier.py`; rerun it to reproduce them.
+The record of `src/ddpm_lite/assets/digit_classifier.pt`, the weights of `ddpm_lite.digits.DigitClassifier` (what it
+is and how to load it: [`src/ddpm_lite/assets/README.md`](../src/ddpm_lite/assets/README.md); index of the record:
+[README.md](README.md)). Written by `scripts/train_classifier.py`; rerun it to reproduce them.
 
-**The Frechet distance of `digit_metrics` is computed in this small MNIST classifier's feature space. It is NOT
-Inception-FID and is not comparable with published FID numbers; use it only to compare models within this course
-(lower is better).**
+**The Frechet distance of `ddpm_lite.digits.digit_metrics` is computed in this small MNIST classifier's feature space.
+It is NOT Inception-FID and is not comparable with published FID numbers; use it only to compare models within this
+course (lower is better).**
 
 | | |
 |---|---|
@@ -200,8 +204,8 @@ blurred), so their 0% confident share is partly learned; the shuffled and noised
 Both noises get nearly the same distance because the classifier maps them to features near 0: the distance is then
 about |mean|^2 + trace(covariance) of the training digits' features, the most to expect from images without digits.
 """
-    save_atomically(lambda path: Path(path).write_text(readme, encoding="utf-8"), ASSETS / "README.md")
-    print(f"wrote {weights} ({size:,} bytes) and {ASSETS / 'README.md'}")
+    save_atomically(lambda path: Path(path).write_text(record, encoding="utf-8"), RECORD)
+    print(f"wrote {weights} ({size:,} bytes) and {RECORD}")
 
 
 if __name__ == "__main__":

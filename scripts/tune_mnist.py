@@ -1,21 +1,21 @@
-"""Tuning the course's MNIST recipe for sample quality per CPU-minute (issue 7, item 3; results in benchmarks/README.md).
+"""Tuning the course's MNIST recipe for sample quality per CPU-minute (the record: results/benchmarks.md).
 
 Quality at a fixed CPU budget = quality after the number of steps that budget buys, so the sweep is measured in two
 parts that do not disturb each other:
 
-    python benchmarks/tune_mnist.py speed [--threads 2] [--out speed.csv]
+    python scripts/tune_mnist.py speed [--threads 2] [--out speed.csv]
         CPU training images/s of every variant that changes the work per step (widths, attention, blocks, batch),
         on the given threads, plus the runtime settings that change nothing but speed: channels_last,
         torch.compile, 1 vs 2 threads, and no_grad vs inference_mode when sampling.
-    python benchmarks/tune_mnist.py quality --speed speed.csv [--minutes 10] [--device cuda] [--workers 8] --out DIR
+    python scripts/tune_mnist.py quality --speed speed.csv [--minutes 10] [--device cuda] [--workers 8] --out DIR
         trains every variant for the steps its CPU speed buys in `--minutes` (float32 everywhere, also on a GPU:
         no autocast, no TF32, so a step is the same computation as on the CPU), keeping several weight averages in
         the same run (raw weights, constant EMA 0.99 / 0.995 / 0.999, EMA 0.999 with warm-up), and evaluates each at
         half and all of the steps: the offline digit metrics of 300 DDIM-100 (eta = 1) samples, as
         quality_per_minute.py does. One JSON file per variant in DIR.
-    python benchmarks/tune_mnist.py quality-one --variant NAME --steps N [--averages ema0.999w,...] [--no-half] --out F
+    python scripts/tune_mnist.py quality-one --variant NAME --steps N [--averages ema0.999w,...] [--no-half] --out F
         one variant (what `quality` runs in each process; on the CPU, run two side by side with --threads 1).
-    python benchmarks/tune_mnist.py report DIR
+    python scripts/tune_mnist.py report DIR
         the markdown table of all variants.
 
 A variant changes one thing against the `mnist-ddpm` preset, the recipe before tuning (or combines changes); `--variants a,b` picks some.
@@ -35,14 +35,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
+from ddpm_lite.checkpoints import config_to_dict
+from ddpm_lite.configs import CONFIGS, TrainConfig
 from ddpm_lite.data import load_mnist
-from ddpm_lite.metrics import digit_metrics, load_digit_classifier
-from ddpm_lite.models import count_parameters
+from ddpm_lite.digits import digit_metrics, load_digit_classifier
+from ddpm_lite.models import count_parameters, make_model
 from ddpm_lite.samplers import ddim_sample
 from ddpm_lite.schedules import NoiseSchedule
-from ddpm_lite.train import CONFIGS, TrainConfig, ddpm_loss, ema_update, make_model, train
+from ddpm_lite.train import WeightAverages, ddpm_loss, train
 
 BASE = CONFIGS["mnist-ddpm"]  # where the tuning started; the `mnist` preset is its result
 # name -> (what changes, TrainConfig fields, UNetConfig fields)
@@ -170,21 +171,6 @@ def speed(args) -> None:
         print(f"| {what} | {value:.0f} |")
 
 
-class Averages:
-    """Several weight averages of one training run, updated after every step (train's callback)."""
-
-    def __init__(self, model: nn.Module):
-        self.models = {name: AveragedModel(model, multi_avg_fn=ema_update(*rule), use_buffers=True)
-                       for name, rule in AVERAGES.items() if rule is not None}
-
-    def __call__(self, step: int, model: nn.Module) -> None:
-        for average in self.models.values():
-            average.update_parameters(model)
-
-    def get(self, name: str, model: nn.Module) -> nn.Module:
-        return model if name == "raw" else self.models[name].module
-
-
 def evaluate(model: nn.Module, schedule: NoiseSchedule, reference: torch.Tensor, classifier: nn.Module,
              n: int = SAMPLES) -> dict:
     was_training = model.training
@@ -217,15 +203,16 @@ def quality_one(args) -> None:
 
     def evaluate_all(step: int, model: nn.Module, losses: list[float]) -> None:
         for name in args.averages:
-            evaluations.append(dict(step=step, average=name, **evaluate(averages.get(name, model), schedule, images,
-                                                                         classifier, args.samples)))
+            weights = model if name == "raw" else averages[name]
+            evaluations.append(dict(step=step, average=name, **evaluate(weights, schedule, images, classifier,
+                                                                         args.samples)))
         record(step, losses)
         print(f"{args.variant}: evaluated step {step} at {time.perf_counter() - start:.0f} s", flush=True)
 
-    def callback(step: int, model: nn.Module) -> None:
+    def callback(step: int, model: nn.Module, ema: nn.Module) -> None:
         nonlocal averages
         if averages is None:  # first step: start every average from the same point as train's own EMA
-            averages = Averages(model)
+            averages = WeightAverages(model, {name: rule for name, rule in AVERAGES.items() if rule is not None})
         averages(step, model)
         if step % 250 == 0:
             print(f"{args.variant}: step {step}, {time.perf_counter() - start:.0f} s", flush=True)
@@ -280,6 +267,11 @@ def report(args) -> None:
           "(in brackets: at half the steps).")
 
 
+def show(args) -> None:
+    """The variant's TrainConfig, as the checkpoints store it."""
+    print(json.dumps(config_to_dict(variant_config(args.variant)), indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +301,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p = sub.add_parser("report")
     p.add_argument("dir")
+    p = sub.add_parser("show", help="print a variant's training config as JSON")
+    p.add_argument("--variant", required=True, choices=sorted(VARIANTS))
     args = parser.parse_args()
     if hasattr(args, "averages"):
         args.averages = args.averages.split(",")
@@ -319,7 +313,8 @@ def main() -> None:
         unknown = set(args.variants) - set(VARIANTS)
         if unknown:
             parser.error(f"unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
-    {"speed": speed, "quality": quality, "quality-one": quality_one, "report": report}[args.command](args)
+    commands = {"speed": speed, "quality": quality, "quality-one": quality_one, "report": report, "show": show}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
