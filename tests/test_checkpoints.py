@@ -12,10 +12,15 @@ import torch
 from ddpm_lite import checkpoints
 from ddpm_lite.checkpoints import (
     CHECKPOINT_NAME,
+    FORMAT,
+    CheckpointError,
+    CheckpointWriteError,
     export_checkpoint,
     load_checkpoint,
     load_ema_model,
     load_for_sampling,
+    prepare_run_folder,
+    read_checkpoint,
     repository_file,
 )
 from ddpm_lite.configs import TrainConfig
@@ -54,8 +59,11 @@ def test_checkpoint_write_is_atomic(points, tmp_path, monkeypatch):
         raise OSError("disk full")  # ...and a crash
 
     monkeypatch.setattr(torch, "save", save_half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointWriteError, match="disk full") as caught:
         train(dataclasses.replace(config, steps=20), points, tmp_path, resume=True, device="cpu", progress=False)
+    assert isinstance(caught.value, OSError) and len(str(caught.value).splitlines()) == 1
+    assert f"could not write checkpoint {tmp_path / CHECKPOINT_NAME}" in str(caught.value)
+    assert "the last good checkpoint there is kept" in str(caught.value)
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == good
     assert [p.name for p in tmp_path.iterdir()] == [CHECKPOINT_NAME]
 
@@ -117,3 +125,49 @@ def test_repository_file_downloads_once_where_there_is_no_checkout(tmp_path, mon
 def test_repository_file_rejects_what_is_not_a_raw_file_url(url):
     with pytest.raises(ValueError, match="url must be a raw file of the repository"):
         repository_file(url)
+
+
+@pytest.fixture(scope="module")
+def trained(points, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained")
+    train(dataclasses.replace(SMALL, steps=10), points, folder, device="cpu", progress=False)
+    return folder / CHECKPOINT_NAME
+
+
+def test_reading_names_the_file_and_what_is_wrong(trained, tmp_path):
+    """Missing, a folder, truncated, not a checkpoint, another format version, the wrong kind: one CheckpointError
+    each, naming the file."""
+    cases = {"missing": (tmp_path / "missing.pt", "does not exist"), "folder": (trained.parent, "is a folder")}
+    (tmp_path / "truncated.pt").write_bytes(trained.read_bytes()[:1000])
+    cases["truncated"] = (tmp_path / "truncated.pt", "not a readable ddpm-lite checkpoint")
+    (tmp_path / "text.pt").write_text("hello")
+    cases["text"] = (tmp_path / "text.pt", "not a readable ddpm-lite checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    cases["other"] = (tmp_path / "other.pt", "is not a ddpm-lite checkpoint: it lacks")
+    state = torch.load(trained, weights_only=False)
+    torch.save({**state, "format": 2}, tmp_path / "future.pt")
+    cases["future"] = (tmp_path / "future.pt", "has format version 2, but this version of ddpm-lite reads version 1")
+    for name, (path, fragment) in cases.items():
+        with pytest.raises(CheckpointError, match=fragment) as caught:
+            read_checkpoint(path)
+        assert str(path) in str(caught.value), name
+    exported = export_checkpoint(trained, tmp_path / "exported.pt")
+    assert read_checkpoint(exported, "exported")["step"] == 10 == read_checkpoint(trained, "training")["step"]
+    with pytest.raises(CheckpointError, match="is an exported one"):
+        read_checkpoint(exported, "training")
+    with pytest.raises(CheckpointError, match="is a training checkpoint; export it first"):
+        read_checkpoint(trained, "exported")
+    with pytest.raises(CheckpointError, match="is an exported one"):
+        export_checkpoint(exported, tmp_path / "twice.pt")
+
+
+def test_every_checkpoint_stores_the_format_version(trained, tmp_path):
+    assert torch.load(trained, weights_only=False)["format"] == FORMAT
+    assert torch.load(export_checkpoint(trained, tmp_path / "e.pt"), weights_only=False)["format"] == FORMAT
+
+
+def test_run_folder_is_checked_before_any_work(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CheckpointWriteError, match="is an existing file, not a folder"):
+        prepare_run_folder(tmp_path / "file")
+    assert prepare_run_folder(tmp_path / "a" / "b").is_dir()

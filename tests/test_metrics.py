@@ -16,7 +16,7 @@ import torch
 from torch.testing import assert_close
 
 from ddpm_lite.data import load_mnist
-from ddpm_lite.digits import DigitClassifier, DigitMetrics, digit_metrics, load_digit_classifier
+from ddpm_lite.digits import DigitClassifier, DigitMetrics, conditional_metrics, digit_metrics, load_digit_classifier
 from ddpm_lite.metrics import frechet_distance, sliced_wasserstein, sliced_wasserstein_floor
 from ddpm_lite.mixture import gaussian_mixture
 
@@ -297,3 +297,17 @@ def test_digit_metrics_rejects_bad_input_naming_the_argument(classifier):
         digit_metrics(torch.zeros(4, 1, 28, 28), torch.zeros(1, 1, 28, 28), classifier)
     with pytest.raises(ValueError, match="^batch_size must"):
         digit_metrics(torch.zeros(4, 1, 28, 28), torch.zeros(4, 1, 28, 28), classifier, batch_size=0)
+
+
+def test_digit_metrics_rejects_images_outside_minus_one_to_one(classifier):
+    """Digits in 0..255 (or unclamped samples) would be read as saturated white: refused, saying which range."""
+    digits = torch.zeros(4, 1, 28, 28)
+    pixels = (torch.arange(4 * 28 * 28) % 256).float().reshape(4, 1, 28, 28)  # 0, 1, ..., 255, 0, 1, ...
+    with pytest.raises(ValueError, match=r"^images must lie in \[-1, 1\] .*got values in \[0, 255\] .*x / 127.5 - 1"):
+        digit_metrics(pixels, digits, classifier)
+    with pytest.raises(ValueError, match=r"^reference must lie in \[-1, 1\] .*\.clamp\(-1, 1\)"):
+        digit_metrics(digits, digits + 1.2, classifier)
+    with pytest.raises(ValueError, match=r"^images must lie in \[-1, 1\]"):
+        conditional_metrics(digits - 1.5, torch.zeros(4, dtype=torch.int64), digits, torch.zeros(4, dtype=torch.int64),
+                            classifier)
+    digit_metrics(digits + 1, digits - 1, classifier)  # the ends of the range are fine

@@ -7,7 +7,15 @@ import torch
 from torch.testing import assert_close
 
 from ddpm_lite.mixture import MixtureEpsModel, gaussian_mixture, mixture_eps_fn
-from ddpm_lite.samplers import ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step, sample_in_batches
+from ddpm_lite.samplers import (
+    ddim_invert,
+    ddim_sample,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_sample,
+    ddpm_step,
+    sample_in_batches,
+)
 from ddpm_lite.schedules import NoiseSchedule
 
 diffusers = pytest.importorskip("diffusers")
@@ -226,3 +234,21 @@ def test_sample_in_batches_seeds_each_batch_by_its_first_row_or_shares_one_gener
         sample_in_batches(draw, 10, 4, seed=0, generator=torch.Generator())
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         sample_in_batches(draw, 10, 0, seed=0)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "invert"])
+def test_non_finite_values_stop_sampling_at_the_step_they_appear(schedule, sampler):
+    """A network that returns NaN from t = 500 down: sampling stops there, naming the step and t, instead of
+    returning NaN samples; with check_finite=False the NaNs come back as they are."""
+    def nan_below_500(x_t, t):
+        return torch.where(t[:, None] < 500, torch.nan, torch.zeros_like(x_t))
+
+    x = torch.zeros(4, 2)
+    run = {"ddpm": lambda **kw: ddpm_sample(nan_below_500, schedule, (4, 2), progress=False, **kw),
+           "ddim": lambda **kw: ddim_sample(nan_below_500, schedule, (4, 2), steps=10, progress=False, **kw),
+           "invert": lambda **kw: ddim_invert(nan_below_500, schedule, x, steps=10, progress=False, **kw)}[sampler]
+    expected = {"ddpm": r"step 501 of 1000 \(t=499\)", "ddim": r"step 6 of 10 \(t=400\)",
+                "invert": r"step 1 of 10 \(t=-1\)"}[sampler]
+    with pytest.raises(FloatingPointError, match=f"NaN or infinite values at {expected}"):
+        run()
+    assert torch.isnan(run(check_finite=False)).all()

@@ -226,3 +226,49 @@ def test_side_by_side_averages_equal_trains_own_ema():
         assert ours.keys() == trains.keys()
         for key in ours:
             assert torch.equal(ours[key], trains[key]), (name, key)
+
+
+def test_an_error_that_stops_training_first_writes_a_checkpoint_to_resume_from(points, tmp_path):
+    """A callback (a side task) fails after step 7, long before the first periodic checkpoint: training stops with
+    that error, a checkpoint at step 7 is there, and resuming from it ends with the weights of an unbroken run."""
+    config = dataclasses.replace(SMALL, steps=20, checkpoint_every=100)
+    straight = train(config, points, tmp_path / "straight", device="cpu", progress=False)
+
+    def fail_at_7(step, model, ema):
+        if step == 7:
+            raise RuntimeError("the plot failed")
+
+    with pytest.raises(RuntimeError, match="the plot failed") as caught:
+        train(config, points, tmp_path / "broken", device="cpu", progress=False, callback=fail_at_7)
+    assert torch.load(tmp_path / "broken" / CHECKPOINT_NAME, weights_only=False)["step"] == 7
+    if hasattr(caught.value, "__notes__"):
+        assert "training stopped at step 7; checkpoint written to" in caught.value.__notes__[0]
+    resumed = train(config, points, tmp_path / "broken", resume=True, device="cpu", progress=False)
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    assert_same_state(straight.ema.state_dict(), resumed.ema.state_dict())
+    assert straight.losses == resumed.losses
+
+
+def test_an_error_inside_a_step_saves_the_state_from_before_it(points, tmp_path, monkeypatch):
+    """An error in the forward pass of step 5 (out of memory, say): the checkpoint holds step 4 and the random state
+    step 5 started from, so the resumed run draws step 5's batch, t and noise again and ends like an unbroken run."""
+    config = dataclasses.replace(SMALL, steps=12, checkpoint_every=100)
+    straight = train(config, points, tmp_path / "straight", device="cpu", progress=False)
+    from ddpm_lite import train as train_module
+
+    calls, real_loss = [], train_module.ddpm_loss
+
+    def loss_failing_at_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise MemoryError("out of memory")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "ddpm_loss", loss_failing_at_5)
+    with pytest.raises(MemoryError):
+        train(config, points, tmp_path / "broken", device="cpu", progress=False)
+    monkeypatch.setattr(train_module, "ddpm_loss", real_loss)
+    assert torch.load(tmp_path / "broken" / CHECKPOINT_NAME, weights_only=False)["step"] == 4
+    resumed = train(config, points, tmp_path / "broken", resume=True, device="cpu", progress=False)
+    assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
+    assert straight.losses == resumed.losses

@@ -5,23 +5,90 @@
     python -m ddpm_lite train --config mnist-ddpm --out runs/mnist-ddpm  # the committed checkpoint's (checkpoints/)
     python -m ddpm_lite train --config mnist --out runs/mnist --resume   # continue after an interruption
     python -m ddpm_lite sample --checkpoint runs/mnist/checkpoint.pt --sampler ddim --steps 50 --out samples.png
+
+A mistake in the options or files ends with one line `error: ...` and exit code 2, before any training or sampling;
+`--debug` (or DDPM_LITE_DEBUG=1) shows the traceback instead. Ctrl-C or SIGTERM during training writes a checkpoint at
+the step reached and prints the command that resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
+import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from ddpm_lite.checkpoints import export_checkpoint, load_for_sampling
+from ddpm_lite.checkpoints import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    CheckpointWriteError,
+    check_config,
+    export_checkpoint,
+    load_for_sampling,
+    prepare_run_folder,
+    read_checkpoint,
+)
 from ddpm_lite.configs import CONFIGS, TrainConfig
 from ddpm_lite.data import TOY_DATA, load_cifar10, load_mnist, toy_points
 from ddpm_lite.devices import pick_device
-from ddpm_lite.train import train
+from ddpm_lite.train import NonFiniteLossError, TrainingInterrupted, train
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes, by the file name's suffix
+
+
+class CommandError(Exception):
+    """A mistake in the command line's options or files; `main` prints it as one line `error: ...`."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own complaints (unknown option, bad choice) as one line too
+        raise CommandError(f"{message} (see `{self.prog} --help`)")
+
+
+def _at_least_one(option: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise CommandError(f"{option} must be at least 1, got {value}")
+
+
+def _device(name: str | None) -> torch.device:
+    """--device, checked: a device type this machine has."""
+    try:
+        device = pick_device(name)
+    except RuntimeError:
+        raise CommandError(f"--device must be cuda, mps or cpu, got {name!r}") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise CommandError(f"--device {name}: no {device.type} device is available here (have: "
+                           f"{', '.join(k for k, v in available.items() if v)})")
+    return device
+
+
+def _writable_image(option: str, path: Path) -> None:
+    """An image file that can be written: a known suffix, not a folder, in a folder that can be written."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise CommandError(f"{option} {path}: the file name must end in one of {', '.join(IMAGE_SUFFIXES)}")
+    _writable_file(option, path)
+
+
+def _writable_file(option: str, path: Path) -> None:
+    if path.is_dir():
+        raise CommandError(f"{option} {path} is a folder; give a file name inside it")
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise CommandError(f"{option} {path}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CommandError(f"cannot write {option} {path}: {error.strerror or error}") from None
 
 
 def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -39,30 +106,10 @@ def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor 
     raise ValueError(f"unknown data {config.data!r}")
 
 
-def sample_points_report(model, config: TrainConfig, device) -> str:
-    """For 2-D configs: sliced Wasserstein of 2,000 DDPM samples against the data, and the data-vs-data floor."""
-    from ddpm_lite.metrics import sliced_wasserstein, sliced_wasserstein_floor
-    from ddpm_lite.samplers import ddpm_sample
-    from ddpm_lite.schedules import NoiseSchedule
-
-    n = 2000
-    schedule = NoiseSchedule.named(config.schedule, config.T)
-    samples = ddpm_sample(model, schedule, (n, 2), generator=torch.Generator().manual_seed(1), device=device,
-                          progress=False).cpu()
-
-    def draw(size: int, generator: torch.Generator) -> torch.Tensor:
-        return toy_points(config.data, size, generator)
-
-    reference = draw(n, torch.Generator().manual_seed(2))
-    distance = sliced_wasserstein(samples, reference, generator=torch.Generator().manual_seed(3))
-    floor, spread = sliced_wasserstein_floor(draw, n, generator=torch.Generator().manual_seed(4))
-    return (f"sliced Wasserstein (2,000 DDPM-{config.T} samples vs data): {distance:.4f}; data-vs-data floor at "
-            f"the same size: {floor:.4f} +- {spread:.4f}; ratio {distance / floor:.2f}")
-
-
 def sample_grid_writer(config: TrainConfig, out: Path, sample_shape: tuple[int, ...]):
     """A `train` callback that writes a grid of 64 DDIM-50 samples (images) or 2,000 points (2-D) of the EMA network
-    to out/samples_stepNNNNNNN.png every `config.sample_every` steps before the last, for watching progress."""
+    to out/samples_stepNNNNNNN.png every `config.sample_every` steps before the last, for watching progress. A grid
+    that cannot be written is reported in one line on stderr; training goes on."""
     from ddpm_lite.samplers import ddim_sample
     from ddpm_lite.schedules import NoiseSchedule
 
@@ -78,17 +125,33 @@ def sample_grid_writer(config: TrainConfig, out: Path, sample_shape: tuple[int, 
         samples = ddim_sample(ema, schedule, (n, *sample_shape), steps=50, generator=generator, progress=False)
         ema.train(was_training)
         path = out / f"samples_step{step:07d}.png"
-        _save_samples(samples.cpu(), path, path.stem, figsize=(5, 5), dpi=80)
+        try:
+            _save_samples(samples.cpu(), path, path.stem, figsize=(5, 5), dpi=80)
+        except Exception as error:  # a side task: report it and let training go on
+            print(f"warning: could not write the sample grid {path} ({type(error).__name__}: {error}); "
+                  f"training goes on", file=sys.stderr, flush=True)
 
     return write
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     config = CONFIGS[args.config]
+    _at_least_one("--steps", args.steps)
+    _at_least_one("--checkpoint-every", args.checkpoint_every)
     overrides = {k: v for k, v in (("steps", args.steps), ("checkpoint_every", args.checkpoint_every)) if v}
     config = dataclasses.replace(config, **overrides)
     out = Path(args.out or f"runs/{config.name}")
-    device = pick_device(args.device)
+    device = _device(args.device)
+    checkpoint = out / CHECKPOINT_NAME
+    if args.resume:  # the checkpoint must be a training one of this config, before any data is loaded
+        check_config(read_checkpoint(checkpoint, "training"), checkpoint, expected=config)
+    elif checkpoint.exists():
+        raise CommandError(f"{out} already holds a run's checkpoint; add --resume to continue it, or choose another "
+                           f"--out")
+    try:
+        prepare_run_folder(out)
+    except CheckpointWriteError as error:
+        raise CommandError(str(error)) from None
     images, labels, source = load_training_data(config)
     print(f"config {config.name}: {config}\ndata: {source}\ndevice: {device}\noutput: {out}", flush=True)
     result = train(config, images, out, resume=args.resume, device=device, progress=not args.no_progress,
@@ -97,14 +160,24 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"mean loss of the last 100 steps {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}; "
           f"checkpoint {result.checkpoint}")
     if images.ndim == 2:
-        print(sample_points_report(result.ema, config, device))
+        from ddpm_lite.evaluate import toy_sample_report
+
+        print(toy_sample_report(result.ema, config, device))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from ddpm_lite.samplers import ddim_sample, ddpm_sample
 
-    device = pick_device(args.device)
+    _at_least_one("--n", args.n)
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise CommandError(f"--eta must be a number >= 0 (0 deterministic, 1 DDPM-like), got {args.eta}")
+    device = _device(args.device)
+    _writable_image("--out", Path(args.out))
     model, schedule, config = load_for_sampling(args.checkpoint, device)
+    if args.sampler == "ddim" and not 1 <= args.steps <= config.T:
+        raise CommandError(f"--steps must be in [1, T] = [1, {config.T}] for this checkpoint, got {args.steps}")
+    if args.metrics and config.data != "mnist":
+        raise CommandError(f"--metrics reads MNIST digits, but {args.checkpoint} was trained on {config.data}")
     generator = torch.Generator().manual_seed(args.seed)
     shape = (args.n, 2) if config.data in TOY_DATA else (
         args.n, config.model.image_channels, config.model.image_size, config.model.image_size)
@@ -120,7 +193,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     print(f"{args.n} samples with {label} in {seconds:.1f} s ({seconds / args.n:.3f} s per sample)")
     _save_samples(samples, Path(args.out), label)
     print(f"wrote {args.out}")
-    if args.metrics and len(shape) == 4 and config.data == "mnist":
+    if args.metrics:
         from ddpm_lite.digits import digit_metrics
 
         reference, source = load_mnist(train=False)
@@ -129,29 +202,37 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    _writable_file("--out", Path(args.out))
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise CommandError(f"--out {args.out} is the checkpoint itself; write the export to another file")
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): config and EMA weights, for sampling only")
 
 
 def _save_samples(samples: torch.Tensor, path: Path, label: str, figsize=(6, 6), dpi: int = 100) -> None:
-    """A PNG of the first 64 images (grey or colour) or of all 2-D points, titled `label`."""
+    """A PNG of the first 64 images (grey or colour) or of all 2-D points (on the square the notebooks use), titled
+    `label`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ddpm_lite.viz import show_samples
+    from ddpm_lite.viz import POINT_LIMIT, show_samples
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=figsize)
-    show_samples(samples[:64] if samples.ndim == 4 else samples, ax, label)
+    show_samples(samples[:64] if samples.ndim == 4 else samples, ax, label, limit=POINT_LIMIT)  # limit: points only
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m ddpm_lite", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code: 0, 2 for a mistake in the options or files (one line on stderr), 1 for
+    a run stopped by a non-finite loss or a failed write, 130 / 143 after Ctrl-C / SIGTERM (checkpoint written)."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("DDPM_LITE_DEBUG", "").strip().lower() in {"1", "true", "yes", "on"}
+    parser = _Parser(prog="python -m ddpm_lite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train", help="train a noise predictor with DDPM Algorithm 1")
@@ -173,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clip", action="store_true", help="clip the predicted x_0 to [-1, 1] at every step")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="samples.png")
+    p.add_argument("--out", default="samples.png", help="image file (.png, .jpg, .pdf or .svg)")
     p.add_argument("--metrics", action="store_true", help="MNIST: print the offline digit metrics of the samples")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -184,11 +265,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_export, threads=None)
 
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.run(args)
+    try:
+        args = parser.parse_args(argv)
+        _at_least_one("--threads", args.threads)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        args.run(args)
+    except (CommandError, CheckpointError, CheckpointWriteError, NonFiniteLossError) as error:
+        if debug:
+            raise
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2 if isinstance(error, (CommandError, CheckpointError)) else 1
+    except TrainingInterrupted as stop:
+        again = [a for a in argv if a != "--resume"] + ["--resume"]
+        print(f"stopped by {stop.signal_name} at step {stop.step}; checkpoint written to {stop.checkpoint}; continue "
+              f"with: python -m ddpm_lite {shlex.join(again)}", file=sys.stderr)
+        return 130 if stop.signal_name == "SIGINT" else 143
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

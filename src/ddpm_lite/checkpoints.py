@@ -6,6 +6,11 @@ step, RNG states, config, loss history). It is written to a temporary file in th
 old one, so a crash never leaves a half-written checkpoint. An exported checkpoint keeps only the config, the EMA
 weights, the step and the loss history. `load_for_sampling(path)` gives what every sampler call needs from either:
 the EMA network and its noise schedule.
+
+Every file carries a format version (`FORMAT`). Reading one that cannot serve (missing, truncated, not a ddpm-lite
+checkpoint, another format version, an exported one where training state is needed, another config) raises
+`CheckpointError` naming the file and what is wrong; a failed write raises `CheckpointWriteError` and keeps the last
+good checkpoint, leaving no temporary file behind.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import torch
@@ -27,60 +33,130 @@ from ddpm_lite.models import MLPConfig, UNetConfig, make_model
 from ddpm_lite.schedules import NoiseSchedule
 
 CHECKPOINT_NAME = "checkpoint.pt"  # the training checkpoint's file name inside a run's output folder
+FORMAT = 1  # the layout of the checkpoint dict this version writes and reads; raise it when the layout changes
+Kind = Literal["training", "exported"]  # everything to resume from, or the EMA weights for sampling only
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as asked; the message names the file and what is wrong with it."""
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (disk full, no permission); the last good checkpoint at that path is kept."""
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository, when the package runs from a source checkout
 
 
 def save_checkpoint(path: Path, config: TrainConfig, model: nn.Module, ema: AveragedModel, optimizer, lr_schedule,
-                    generator: torch.Generator, step: int, losses: list[float]) -> Path:
-    """Write everything needed to resume to `path`, atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+                    generator: torch.Generator, step: int, losses: list[float],
+                    rng_state: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+    """Write everything needed to resume to `path`, atomically (temporary file in the same folder, then rename).
+
+    `rng_state`: (generator state, torch's global state) to store; default the current ones. Raises
+    `CheckpointWriteError` if the file cannot be written; the previous file at `path`, if any, is then unchanged.
+    """
+    generator_state, torch_state = rng_state or (generator.get_state(), torch.get_rng_state())
     state = {
-        "format": 1,
+        "format": FORMAT,
         "config": config_to_dict(config),
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
-        "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
+        "rng": {"generator": generator_state, "torch": torch_state},
         "step": step,
         "losses": losses,
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o644)  # mkstemp creates the file private to its owner
         with os.fdopen(handle, "wb") as file:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old file or the new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            kept = "the last good checkpoint there is kept" if path.exists() else "no checkpoint was written"
+            raise CheckpointWriteError(f"could not write checkpoint {path}: {error.strerror or error}; {kept}") from error
         raise
     return path
 
 
+def prepare_run_folder(out: str | os.PathLike) -> Path:
+    """Create a run's output folder (and its parents) and check that files can be written into it, before any work
+    is done. Raises `CheckpointWriteError` naming the folder if it is a file or cannot be written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointWriteError(f"output folder {out} is an existing file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise CheckpointWriteError(f"cannot write into output folder {out}: {error.strerror or error}") from error
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike, kind: Kind | None = None) -> dict:
+    """The checkpoint dict stored at `path`, after checking that it is a ddpm-lite checkpoint of this format version
+    and, if `kind` is given, of that kind. Raises `CheckpointError` naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        inside = f"; the run's checkpoint is {path / CHECKPOINT_NAME}" if (path / CHECKPOINT_NAME).is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file{inside}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except PermissionError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {error.strerror}") from error
+    except Exception as error:  # a truncated zip, a file of another kind (pickle's "invalid load key"), an empty file
+        raise CheckpointError(f"{path} is not a readable ddpm-lite checkpoint: truncated, or not a PyTorch checkpoint "
+                              f"file ({type(error).__name__}: {_first_sentence(error)})") from error
+    if not isinstance(state, dict) or not {"format", "config", "ema", "step"} <= state.keys():
+        raise CheckpointError(f"{path} is not a ddpm-lite checkpoint: it lacks the format, config, ema and step entries")
+    if state["format"] != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format version {state['format']!r}, but this version of ddpm-lite "
+                              f"reads version {FORMAT}")
+    found: Kind = "training" if {"model", "optimizer", "rng"} <= state.keys() else "exported"
+    if kind == "training" and found == "exported":
+        raise CheckpointError(f"checkpoint {path} is an exported one (EMA weights for sampling only); resuming and "
+                              f"exporting need a training checkpoint, a run's {CHECKPOINT_NAME}")
+    if kind == "exported" and found == "training":
+        raise CheckpointError(f"checkpoint {path} is a training checkpoint; export it first with "
+                              f"`python -m ddpm_lite export --checkpoint {path} --out FILE`")
+    return state
+
+
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: AveragedModel | nn.Module | None = None,
                     *, expected: TrainConfig | None = None) -> dict:
-    """Load weights (and EMA weights) from `path` into `model` (and `ema`); return the whole checkpoint dict.
-
-    Raises ValueError, naming the differing fields, if the checkpoint's network config is not the model's (or if
-    `expected` is given and the training config differs in anything but the number of steps).
+    """Load weights (and EMA weights) from the training checkpoint `path` into `model` (and `ema`); return the whole
+    checkpoint dict. Raises `CheckpointError` as `check_config` does, or for a file that is not a training checkpoint.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    saved = config_to_dict(config_from_dict(state["config"]))  # fields added since the checkpoint get their defaults
-    model_config = getattr(model, "config", None)
-    if model_config is not None and saved["model"] != _asdict(model_config):
-        raise ValueError(f"checkpoint {path} was trained with another network config: "
-                         f"{_difference(saved['model'], _asdict(model_config))}")
-    if expected is not None:
-        wanted = {k: v for k, v in config_to_dict(expected).items() if k != "steps"}
-        have = {k: v for k, v in saved.items() if k != "steps"}
-        if wanted != have:
-            raise ValueError(f"checkpoint {path} was trained with another config: {_difference(have, wanted)}")
+    state = read_checkpoint(path, "training")
+    check_config(state, path, model_config=getattr(model, "config", None), expected=expected)
     model.load_state_dict(state["model"])
     if ema is not None:
         ema.load_state_dict(state["ema"] if isinstance(ema, AveragedModel) else _ema_weights(state["ema"]))
     return state
+
+
+def check_config(state: dict, path: str | os.PathLike, *, model_config=None, expected: TrainConfig | None = None) -> None:
+    """Raise `CheckpointError`, naming the differing fields, if the checkpoint's network config is not `model_config`
+    or (with `expected`) its training config differs from `expected` in anything but the number of steps."""
+    saved = config_to_dict(config_from_dict(state["config"]))  # fields added since the checkpoint get their defaults
+    if model_config is not None and saved["model"] != _asdict(model_config):
+        raise CheckpointError(f"checkpoint {path} was trained with another network config: "
+                              f"{_difference(saved['model'], _asdict(model_config))}")
+    if expected is not None:
+        wanted = {k: v for k, v in config_to_dict(expected).items() if k != "steps"}
+        have = {k: v for k, v in saved.items() if k != "steps"}
+        if wanted != have:
+            raise CheckpointError(f"checkpoint {path} was trained with another config: {_difference(have, wanted)}")
 
 
 def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -88,7 +164,7 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     The result loads with `load_ema_model`; it cannot be resumed from (no raw weights, optimiser or RNG states).
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, "training")
     slim = {key: state[key] for key in ("format", "config", "ema", "step", "losses")}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,8 +173,9 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 
 def load_ema_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The EMA network of a checkpoint, ready for sampling (eval mode), and its training config."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """The EMA network of a checkpoint (training or exported), ready for sampling (eval mode), and its training
+    config. Raises `CheckpointError` for a file that is not a usable checkpoint."""
+    state = read_checkpoint(path)
     config = config_from_dict(state["config"])
     model = make_model(config.model)
     model.load_state_dict(_ema_weights(state["ema"]))
@@ -150,6 +227,12 @@ def _difference(have: dict, wanted: dict) -> str:
     keys = sorted(set(have) | set(wanted))
     return "; ".join(f"{k}: checkpoint {have.get(k)!r} vs requested {wanted.get(k)!r}" for k in keys
                      if have.get(k) != wanted.get(k))
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The start of an exception's message, on one line (torch's zip errors run to several sentences)."""
+    text = " ".join(str(error).split()).split(". ")[0]
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _ema_weights(ema_state: dict) -> dict:

@@ -23,6 +23,7 @@ from ddpm_lite.checks import check_positive_int, check_samples
 from ddpm_lite.metrics import frechet_distance
 
 CONFIDENCE_THRESHOLD = 0.9  # a prediction is "confident" when its max softmax probability is at least this
+PIXEL_TOLERANCE = 1e-6  # float round-off allowed beyond [-1, 1] (e.g. x / 127.5 - 1 in float32)
 
 
 class DigitClassifier(nn.Module):
@@ -104,6 +105,11 @@ class DigitMetrics:
 def _check_images(name: str, images: Tensor) -> None:
     check_samples(name, images, "a (N, 1, 28, 28) tensor with N >= 2",
                   lambda x: x.dim() == 4 and tuple(x.shape[1:]) == (1, 28, 28) and x.shape[0] >= 2, values="pixels")
+    low, high = images.min().item(), images.max().item()
+    if low < -1 - PIXEL_TOLERANCE or high > 1 + PIXEL_TOLERANCE:
+        hint = "pixels in 0..255? use x / 127.5 - 1" if high > 2 else "samples? clamp them with .clamp(-1, 1)"
+        raise ValueError(f"{name} must lie in [-1, 1] (the range of load_mnist), got values in [{low:.3g}, {high:.3g}] "
+                         f"({hint})")
 
 
 def _read(classifier: DigitClassifier | None, images: Tensor, reference: Tensor,
@@ -140,7 +146,7 @@ def digit_metrics(
 ) -> DigitMetrics:
     """Frechet distance to real digits, confident share and class coverage of generated digits.
 
-    images: (N, 1, 28, 28) generated digits in [-1, 1] (values outside are clamped, as when displaying samples);
+    images: (N, 1, 28, 28) generated digits in [-1, 1] (clamp raw samples first, as when displaying them);
     reference: (M, 1, 28, 28) real digits, e.g. `load_mnist(train=True)[0].tensors[0]`; N, M >= 2.
     classifier: default `load_digit_classifier()`. Runs in batches of `batch_size` on the classifier's device.
     Not Inception-FID: see `DigitMetrics`.

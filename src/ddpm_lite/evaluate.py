@@ -4,6 +4,8 @@ script that wrote the record (scripts/) and by a notebook that recomputes part o
 - `ddim_mixture_rows`: DDIM's S x eta grid on the 2-D mixture with the exact noise predictor (every error is the
   sampler's): sliced Wasserstein distance to the data, mean and standard error over trials, beside the data floor.
 - `ddim_mnist_rows`: the same grid on MNIST from a checkpoint, plus a DDPM-T reference row: offline digit metrics.
+- `toy_sample_report`: the CLI's verdict after training on 2-D data: sliced Wasserstein of DDPM samples against its
+  data-vs-data floor.
 - `script_parser`, `machine_line`, `markdown_table`, `write_rows`: the scripts' one convention. Every script in
   scripts/ runs as `python scripts/NAME.py [INPUTS] [--threads N] [--out FILE]`, prints a line naming the machine,
   threads, torch version and date, then its markdown table(s) for results/, and with `--out` writes the same rows as
@@ -24,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm_lite.checkpoints import load_for_sampling
-from ddpm_lite.data import load_mnist
+from ddpm_lite.configs import TrainConfig
+from ddpm_lite.data import load_mnist, toy_points
 from ddpm_lite.digits import digit_metrics, load_digit_classifier
 from ddpm_lite.metrics import sliced_wasserstein, sliced_wasserstein_floor
 from ddpm_lite.mixture import MixtureEpsModel, default_mixture
@@ -101,6 +104,23 @@ def write_rows(rows: Sequence[dict], path: str | os.PathLike, fields: Sequence[s
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def toy_sample_report(model, config: TrainConfig, device: torch.device | str | None = None) -> str:
+    """For 2-D configs: sliced Wasserstein of 2,000 DDPM samples against the data, and the data-vs-data floor."""
+    n = 2000
+    schedule = NoiseSchedule.named(config.schedule, config.T)
+    samples = ddpm_sample(model, schedule, (n, 2), generator=torch.Generator().manual_seed(1), device=device,
+                          progress=False).cpu()
+
+    def draw(size: int, generator: torch.Generator) -> torch.Tensor:
+        return toy_points(config.data, size, generator)
+
+    reference = draw(n, torch.Generator().manual_seed(2))
+    distance = sliced_wasserstein(samples, reference, generator=torch.Generator().manual_seed(3))
+    floor, spread = sliced_wasserstein_floor(draw, n, generator=torch.Generator().manual_seed(4))
+    return (f"sliced Wasserstein (2,000 DDPM-{config.T} samples vs data): {distance:.4f}; data-vs-data floor at "
+            f"the same size: {floor:.4f} +- {spread:.4f}; ratio {distance / floor:.2f}")
 
 
 def script_parser(doc: str, *, threads: int = 2, out: str | None = None) -> argparse.ArgumentParser:

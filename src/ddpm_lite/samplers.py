@@ -5,7 +5,9 @@ a sample function runs a network from pure noise to x_0. Code timesteps are 0-ba
 `t_prev = -1` stands for the clean data (alpha_bar = 1). `eps_theta` is any callable `eps_theta(x_t, t)` returning
 the predicted noise shaped like x_t: a network (`nn.Module`), an exact predictor or a plain function.
 `callback(step_index, t, x_next, x_0_pred)` is called after each step with the timestep t the network was called
-at (for trajectories and widgets); `generator` makes the noise reproducible.
+at (for trajectories and widgets); `generator` makes the noise reproducible. Sampling stops with a ValueError at the
+first step whose eps_theta is not shaped like x_t, and (unless `check_finite=False`) with a FloatingPointError at
+the first step that produces a NaN or an infinity.
 
 The three loops are one (`_sampling_loop`): DDPM and DDIM visit (t, t_prev) pairs from noisy to clean, DDIM
 inversion visits them from clean to noisy; each differs only in its step, which stays readable against its paper.
@@ -105,10 +107,15 @@ def _ddim_update(x_t: Tensor, alpha_bar: float, alpha_bar_next: float, eps_theta
     return x_next, x_0_pred
 
 
+def _non_finite(tensor: Tensor) -> int:
+    return int((~torch.isfinite(tensor)).sum())
+
+
 def _sampling_loop(eps_theta: EpsTheta, x: Tensor, pairs: Sequence[tuple[int, int]], step: Step, *,
-                   callback: Callback | None, desc: str, progress: bool) -> Tensor:
+                   callback: Callback | None, desc: str, progress: bool, check_finite: bool) -> Tensor:
     """For each (t, t_next) in `pairs`: call the network at t (the clean data, -1, is called at 0) and move x to
-    t_next with `step`. x: (B, ...) on the device the network runs on."""
+    t_next with `step`. x: (B, ...) on the device the network runs on. With `check_finite`, a NaN or infinity in the
+    new x stops sampling with a FloatingPointError naming the step and t (one reduction per step)."""
     for index, (t, t_next) in enumerate(tqdm(pairs, desc=desc, disable=not progress)):
         t_batch = torch.full((x.shape[0],), max(t, 0), dtype=torch.int64, device=x.device)
         eps = eps_theta(x, t_batch)
@@ -116,6 +123,9 @@ def _sampling_loop(eps_theta: EpsTheta, x: Tensor, pairs: Sequence[tuple[int, in
             raise ValueError(f"eps_theta must return the predicted noise shaped like x_t {tuple(x.shape)}, got "
                              f"{tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__} at t={t}")
         x_next, x_0_pred = step(x, t, t_next, eps)
+        if check_finite and not bool(torch.isfinite(x_next).all()):
+            raise FloatingPointError(f"sampling produced NaN or infinite values at step {index + 1} of {len(pairs)} "
+                                     f"(t={t}); the network's eps_theta had {_non_finite(eps)} non-finite entries")
         if callback is not None:
             callback(index, t, x_next, x_0_pred)
         x = x_next
@@ -134,6 +144,7 @@ def ddpm_sample(
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    check_finite: bool = True,
 ) -> Tensor:
     """DDPM Algorithm 2: x_T ~ N(0, I), then T steps of `ddpm_step`. Returns x_0, `shape` (B, ...), on `device`
     (default: the network's, see `devices.pick_device`).
@@ -149,7 +160,8 @@ def ddpm_sample(
         return x_prev, predict_x0_from_eps(schedule, x_t, t, eps)
 
     pairs = [(t, t - 1) for t in range(schedule.T - 1, -1, -1)]  # 2. for t = T, ..., 1
-    return _sampling_loop(eps_theta, x_T, pairs, step, callback=callback, desc="DDPM", progress=progress)  # 6.
+    return _sampling_loop(eps_theta, x_T, pairs, step, callback=callback, desc="DDPM", progress=progress,
+                          check_finite=check_finite)  # 6.
 
 
 def ddim_timesteps(T: int, steps: int, spacing: Spacing = "uniform") -> Tensor:
@@ -187,6 +199,7 @@ def ddim_sample(
     device: torch.device | str | None = None,
     x_T: Tensor | None = None,
     progress: bool = True,
+    check_finite: bool = True,
 ) -> Tensor:
     """DDIM sampling with `steps` network calls on the sub-sequence `ddim_timesteps(T, steps, spacing)`.
 
@@ -202,7 +215,8 @@ def ddim_sample(
         return x_prev, predict_x0_from_eps(schedule, x_t, t, eps)
 
     pairs = list(zip(reversed(tau), reversed([-1] + tau[:-1])))  # (t, t_prev) from noisy to clean
-    return _sampling_loop(eps_theta, x, pairs, step, callback=callback, desc=f"DDIM-{steps}", progress=progress)
+    return _sampling_loop(eps_theta, x, pairs, step, callback=callback, desc=f"DDIM-{steps}",
+                          progress=progress, check_finite=check_finite)
 
 
 @torch.inference_mode()
@@ -216,6 +230,7 @@ def ddim_invert(
     callback: Callback | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    check_finite: bool = True,
 ) -> Tensor:
     """Encode x_0 into x_T by running the eta = 0 DDIM update in the noising direction (DDIM sec. 5.4).
 
@@ -232,7 +247,7 @@ def ddim_invert(
 
     pairs = list(zip([-1] + tau[:-1], tau))  # (from, to), from clean (alpha_bar = 1) to noisy
     return _sampling_loop(eps_theta, x_0.detach().to(device), pairs, step, callback=callback,
-                          desc=f"DDIM inversion-{steps}", progress=progress)
+                          desc=f"DDIM inversion-{steps}", progress=progress, check_finite=check_finite)
 
 
 def sample_in_batches(sample: Callable[[slice, torch.Generator], Tensor], n: int, batch_size: int, *,

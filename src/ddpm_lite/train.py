@@ -8,7 +8,10 @@ was never stopped. The loop samples and draws nothing itself: progress grids and
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +23,20 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
-from ddpm_lite.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ddpm_lite.checkpoints import (
+    CHECKPOINT_NAME,
+    CheckpointWriteError,
+    load_checkpoint,
+    prepare_run_folder,
+    save_checkpoint,
+)
 from ddpm_lite.configs import TrainConfig
 from ddpm_lite.devices import pick_device
 from ddpm_lite.forward import q_sample
 from ddpm_lite.models import make_model
 from ddpm_lite.schedules import NoiseSchedule
 
-__all__ = ["NonFiniteLossError", "TrainResult", "WeightAverages", "ddpm_loss", "ema_update", "train"]
+__all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "WeightAverages", "ddpm_loss", "ema_update", "train"]
 
 
 def ema_update(decay: float, warmup: bool = False):
@@ -88,6 +97,37 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss was NaN or infinite; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C (SIGINT) or SIGTERM and wrote a checkpoint at the step it had reached."""
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path):
+        super().__init__(f"{signal_name} at step {step}: checkpoint written to {checkpoint}")
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """While training with an output folder: SIGINT and SIGTERM ask the loop to stop after the current step (the
+    list holds the signal's name), so the checkpoint it writes is at a step boundary. A second Ctrl-C interrupts at
+    once. Outside the main thread (where handlers cannot be set) signals keep their usual effect."""
+    requests: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requests
+        return
+
+    def request(signum, frame) -> None:
+        if requests and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        requests.append(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, request) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requests
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module  # the trained weights
@@ -123,12 +163,18 @@ def train(
     `mixed_precision` (default: on CUDA only) runs the forward pass in bfloat16 autocast; False keeps float32
     everywhere, as on a CPU. `callback(step, model, ema)` runs after every optimiser step with the raw and the
     EMA network (the CLI writes sample grids there; scripts/tune_mnist.py keeps extra weight averages).
+
+    With `out_dir` the folder is created and checked before any work. Ctrl-C (SIGINT) or SIGTERM then stops the run
+    after the current step with a checkpoint at that step and raises `TrainingInterrupted`; any other error that
+    stops training (in a callback, say) first writes a checkpoint at the last complete step, unless the state is not
+    sound (a non-finite loss, an error in the middle of an optimiser update) or the error is a failed write.
+    Resuming from either checkpoint ends with the same weights as a run that was never stopped.
     """
     total = config.steps if steps is None else steps
     if total < 1:
         raise ValueError(f"steps must be at least 1, got {total}")
     device = pick_device(device)
-    out = Path(out_dir) if out_dir is not None else None
+    out = prepare_run_folder(out_dir) if out_dir is not None else None
     schedule = NoiseSchedule.named(config.schedule, config.T)
     num_classes = getattr(config.model, "num_classes", 0)
     if (labels is not None) != bool(num_classes):
@@ -170,37 +216,58 @@ def train(
     start, last_checkpoint = time.perf_counter(), None
     end = total if stop_after is None else min(total, step + stop_after)
     bar = tqdm(total=total, initial=step, desc=f"train {config.name}", disable=not progress)
+
+    def save(rng_state=None) -> Path:
+        return save_checkpoint(out / CHECKPOINT_NAME, config, model, ema, optimizer, warmup, generator, step, losses,
+                               rng_state=rng_state)
+
     model.train()
-    while step < end and (max_seconds is None or time.perf_counter() - start < max_seconds):
-        index = torch.randint(0, len(data), (config.batch_size,), generator=generator).to(device)
-        y = None
-        if labels is not None:  # classifier-free guidance: drop some labels to "no label" (null_label = num_classes)
-            drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
-            y = torch.where(drop, num_classes, labels[index])
-        with autocast:
-            loss = ddpm_loss(model, schedule, data[index], generator=generator, y=y)
-        if not torch.isfinite(loss):
+    updating, rng_at_step = False, None
+    with contextlib.ExitStack() as stack:
+        stop = stack.enter_context(_stop_requests()) if out is not None else []
+        try:
+            while step < end and (max_seconds is None or time.perf_counter() - start < max_seconds):
+                rng_at_step = (generator.get_state(), torch.get_rng_state())  # what a resume from `step` starts with
+                index = torch.randint(0, len(data), (config.batch_size,), generator=generator).to(device)
+                y = None
+                if labels is not None:  # classifier-free guidance: drop some labels to "no label" (= num_classes)
+                    drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
+                    y = torch.where(drop, num_classes, labels[index])
+                with autocast:
+                    loss = ddpm_loss(model, schedule, data[index], generator=generator, y=y)
+                if not torch.isfinite(loss):
+                    kept = f"the last good checkpoint is {last_checkpoint or (out and out / CHECKPOINT_NAME)}"
+                    raise NonFiniteLossError(f"loss is {loss.item()} at step {step + 1}; stopping ({kept}, unchanged)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                updating = True  # from here to the end of the update, the state is half old, half new
+                optimizer.step()
+                warmup.step()
+                ema.update_parameters(model)
+                step += 1
+                losses.append(loss.item())
+                updating, rng_at_step = False, None
+                # refresh=False: redrawing on every step floods a notebook's message channel (thousands of widget
+                # updates that the front end or nbval may drop); update() redraws at most every 0.1 s.
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
+                bar.update(1)
+                if callback is not None:
+                    callback(step, model, ema.module)
+                out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
+                if out is not None and (step % config.checkpoint_every == 0 or step == end or out_of_time or stop):
+                    last_checkpoint = save()
+                if stop:
+                    raise TrainingInterrupted(stop[0], step, last_checkpoint)
+        except (Exception, KeyboardInterrupt) as error:
             bar.close()
-            kept = f"the last good checkpoint is {last_checkpoint or (out and out / CHECKPOINT_NAME)}"
-            raise NonFiniteLossError(f"loss is {loss.item()} at step {step + 1}; stopping ({kept}, unchanged)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        warmup.step()
-        ema.update_parameters(model)
-        step += 1
-        if callback is not None:
-            callback(step, model, ema.module)
-        losses.append(loss.item())
-        # refresh=False: redrawing on every step floods a notebook's message channel (thousands of widget updates that
-        # the front end or nbval may drop); update() redraws at most every 0.1 s, with the new postfix.
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
-        bar.update(1)
-        out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
-        if out is not None and (step % config.checkpoint_every == 0 or step == end or out_of_time):
-            last_checkpoint = save_checkpoint(out / CHECKPOINT_NAME, config, model, ema, optimizer, warmup, generator,
-                                              step, losses)
+            stopped_cleanly = isinstance(error, (NonFiniteLossError, TrainingInterrupted, CheckpointWriteError))
+            if out is None or updating or stopped_cleanly:
+                raise
+            last_checkpoint = save(rng_at_step)
+            if hasattr(error, "add_note"):  # Python >= 3.11
+                error.add_note(f"training stopped at step {step}; checkpoint written to {last_checkpoint}")
+            raise
     bar.close()
     model.eval()
     ema.eval()
