@@ -19,7 +19,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -80,15 +79,14 @@ def _writable_image(option: str, path: Path) -> None:
 def _writable_file(option: str, path: Path) -> None:
     if path.is_dir():
         raise CommandError(f"{option} {path} is a folder; give a file name inside it")
-    folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise CommandError(f"{option} {path}: {folder} is a file, not a folder")
+    _writable_folder(option, path.parent)
+
+
+def _writable_folder(option: str, folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise CommandError(f"cannot write {option} {path}: {error.strerror or error}") from None
+        prepare_run_folder(folder)
+    except CheckpointWriteError as error:
+        raise CommandError(f"{option}: {error}") from None
 
 
 def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None, str]:
@@ -148,10 +146,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     elif checkpoint.exists():
         raise CommandError(f"{out} already holds a run's checkpoint; add --resume to continue it, or choose another "
                            f"--out")
-    try:
-        prepare_run_folder(out)
-    except CheckpointWriteError as error:
-        raise CommandError(str(error)) from None
+    _writable_folder("--out", out)
     images, labels, source = load_training_data(config)
     print(f"config {config.name}: {config}\ndata: {source}\ndevice: {device}\noutput: {out}", flush=True)
     result = train(config, images, out, resume=args.resume, device=device, progress=not args.no_progress,
