@@ -25,7 +25,7 @@ test: install
 
 ## Re-execute every notebook in place (outputs are committed) and strip widget state and timings.
 notebooks: install
-	$(BIN)/python tools/execute_notebooks.py notebooks/*.ipynb
+	$(BIN)/python -m tools.execute_notebooks notebooks/*.ipynb
 
 ## Export every notebook to a reveal.js deck, build/slides/NN_name.slides.html (reveal.js and MathJax from CDNs).
 slides: install

@@ -1,10 +1,11 @@
 """Execute notebooks top to bottom in place and clean them for committing (`make notebooks`).
 
 Outputs are committed so GitHub, Colab and slides show figures (STYLE.md rule 14). After running, this strips what
-must not be committed: widget state (`metadata.widgets`, which GitHub cannot render) and per-cell timings. It checks
+must not be committed: widget state (`metadata.widgets`, which GitHub cannot render) and per-cell timings. It records
+the fingerprint of what produced the outputs (tools/fingerprint.py) in `metadata.ddpm_lite.fingerprint`, checks
 that every cell has slide metadata and that each notebook stays under 3 MB, and prints seconds per notebook.
 
-    python tools/execute_notebooks.py notebooks/01_forward_process.ipynb [...]
+    python -m tools.execute_notebooks notebooks/01_forward_process.ipynb [...]   (from the repository root)
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from tools.fingerprint import fingerprint
 
 MAX_BYTES = 3 * 1024 * 1024
 KERNEL = "python3"
@@ -40,6 +43,7 @@ def execute(path: Path, timeout: int) -> float:
     NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - start
     problems = clean(nb)
+    nb.metadata["ddpm_lite"] = {"fingerprint": fingerprint(nb)}
     nbformat.validate(nb)
     nbformat.write(nb, path)
     size = path.stat().st_size
