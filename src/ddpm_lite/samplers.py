@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddpm_lite.checks import check_positive_int
 from ddpm_lite.devices import pick_device
 from ddpm_lite.elbo import EpsTheta, ReverseVariance, reverse_variance
 from ddpm_lite.forward import predict_x0_from_eps, q_posterior
@@ -262,9 +263,8 @@ def sample_in_batches(sample: Callable[[slice, torch.Generator], Tensor], n: int
     """
     if (seed is None) == (generator is None):
         raise ValueError(f"give exactly one of seed and generator, got seed={seed!r}, generator={generator!r}")
-    for name, value in (("n", n), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_int("n", n)
+    check_positive_int("batch_size", batch_size)
     batches = []
     for start in range(0, n, batch_size):
         rows = slice(start, min(start + batch_size, n))

@@ -20,7 +20,6 @@ continuous time s in [0, 1] puts code t at s_t = (t + 1) / T, so s = 0 is the cl
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,10 +30,10 @@ from torch import Tensor, nn
 
 from ddpm_lite.checks import check_finite_number
 from ddpm_lite.devices import pick_device
+from ddpm_lite.samplers import Callback
 from ddpm_lite.schedules import NoiseSchedule, check_timesteps, extract
 
 Method = Literal["RK45", "RK23", "DOP853"]  # scipy's explicit adaptive Runge-Kutta methods
-Callback = Callable[[int, int, Tensor, Tensor], None]
 
 
 def score_from_eps(schedule: NoiseSchedule, eps: Tensor, t: int | Tensor) -> Tensor:
