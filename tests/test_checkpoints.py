@@ -171,3 +171,17 @@ def test_run_folder_is_checked_before_any_work(tmp_path):
     with pytest.raises(CheckpointWriteError, match="is an existing file, not a folder"):
         prepare_run_folder(tmp_path / "file")
     assert prepare_run_folder(tmp_path / "a" / "b").is_dir()
+
+
+def test_load_for_sampling_puts_a_unet_in_channels_last_order_with_the_same_outputs():
+    """The committed MNIST model (trained in the default order) comes back channels_last, predicting the same noise."""
+    path = Path(__file__).resolve().parent.parent / "checkpoints" / "mnist.pt"
+    model, _, _ = load_for_sampling(path, "cpu")
+    plain, _ = load_ema_model(path)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1 and m.kernel_size[0] > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not next(m for m in plain.modules() if m is not None and isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+                    and m.kernel_size[0] > 1).weight.is_contiguous(memory_format=torch.channels_last)
+    x, t = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 500, 999])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x, t), plain(x, t), rtol=1e-4, atol=1e-5)

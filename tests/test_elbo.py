@@ -155,6 +155,27 @@ def test_vlb_terms_on_images_with_the_discretized_decoder():
     assert torch.isfinite(v.total).all() and (v.bits_per_dim > 0).all()
 
 
+def test_vlb_terms_batched_over_timesteps_equal_one_call_per_timestep():
+    """timesteps_per_call = 7 (T = 20: chunks of 7, 7, 6) gives the same draws and terms as one call per timestep,
+    with the exact mixture predictor in float64, and calls eps_fn ceil(T / 7) times on 7 x B inputs."""
+    schedule = NoiseSchedule.named("cosine", 20)
+    x_0, mixture = gaussian_mixture(6, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def eps_fn(x_t, t):
+        calls.append(len(x_t))
+        return mixture_eps(mixture, schedule, x_t, t)
+
+    one = vlb_terms(eps_fn, schedule, x_0, decoder="gaussian", generator=torch.Generator().manual_seed(4))
+    assert calls == [6] * 20
+    calls.clear()
+    seven = vlb_terms(eps_fn, schedule, x_0, decoder="gaussian", generator=torch.Generator().manual_seed(4),
+                      timesteps_per_call=7)
+    assert calls == [42, 42, 36]
+    assert_close(seven.terms, one.terms, rtol=1e-5, atol=1e-6)  # eps_fn sees float32 inputs in both
+    assert_close(seven.total, one.total, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -162,6 +183,7 @@ def test_vlb_terms_on_images_with_the_discretized_decoder():
         (dict(decoder="bernoulli"), "decoder"),
         (dict(variance="learned"), "variance"),
         (dict(eps_fn=lambda x_t, t: x_t[:, :1]), "eps_fn must return the shape of x_t"),
+        (dict(timesteps_per_call=0), "timesteps_per_call"),
     ],
 )
 def test_vlb_terms_rejects_bad_input(kwargs, match):

@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
-from ddpm_lite.evaluate import ddim_mixture_rows, markdown_table, write_rows
+from ddpm_lite.evaluate import ddim_mixture_rows, markdown_table, read_markdown_table, table_number, write_rows
 
 
 def test_markdown_table_formats_each_column_by_its_spec():
     rows = [dict(name="a", share=0.5, n=3), dict(name="b", share=0.125, n=10)]
     table = markdown_table(rows, {"name": "name", "share": "share:.1%", "n": "n"})
     assert table.splitlines() == ["| name | share | n |", "|---|---|---|", "| a | 50.0% | 3 |", "| b | 12.5% | 10 |"]
+
+
+def test_read_markdown_table_reads_what_markdown_table_writes(tmp_path):
+    """The record's tables round-trip: bold marks dropped, the table found by its first header, others ignored."""
+    rows = [dict(name="**w = 3**", share=0.5), dict(name="w = 5", share=0.125)]
+    page = tmp_path / "record.md"
+    page.write_text("# Record\n\n| other | x |\n|---|---|\n| 1 | 2 |\n\ntext\n\n"
+                    + markdown_table(rows, {"images": "name", "share": "share:.1%"}) + "\n\nafter\n")
+    assert read_markdown_table(page, "images") == [{"images": "w = 3", "share": "50.0%"},
+                                                   {"images": "w = 5", "share": "12.5%"}]
+    assert [table_number(row["share"]) for row in read_markdown_table(page, "images")] == [0.5, 0.125]
+    assert table_number("**1,112,801**") == 1112801.0
+    with pytest.raises(ValueError, match="no markdown table with first header 'missing'"):
+        read_markdown_table(page, "missing")
+    with pytest.raises(ValueError, match="cell must be a number"):
+        table_number("10/10")
+
+
+def test_the_guidance_tables_that_notebook_09_reads_are_in_the_record():
+    """Notebook 09 reads these two tables of results/checkpoints.md by their first header."""
+    record = Path(__file__).resolve().parent.parent / "results" / "checkpoints.md"
+    guidance = read_markdown_table(record, "images, n = 500")
+    assert [row["images, n = 500"] for row in guidance][:2] == ["real held-out digits", "w = 0"]
+    assert len(guidance) == 7 and all(0 < table_number(row["diversity"]) < 2 for row in guidance)
+    nearest = read_markdown_table(record, "images, n = 200")
+    assert [row["images, n = 200"] for row in nearest] == ["real held-out digits", "samples, w = 0", "samples, w = 3"]
 
 
 def test_write_rows_round_trips_through_csv(tmp_path):

@@ -17,7 +17,7 @@ from torch.testing import assert_close
 
 from ddpm_lite.data import load_mnist
 from ddpm_lite.digits import DigitClassifier, DigitMetrics, conditional_metrics, digit_metrics, load_digit_classifier
-from ddpm_lite.metrics import frechet_distance, sliced_wasserstein, sliced_wasserstein_floor
+from ddpm_lite.metrics import frechet_distance, nearest_neighbours, sliced_wasserstein, sliced_wasserstein_floor
 from ddpm_lite.mixture import gaussian_mixture
 
 if sys.version_info >= (3, 11):
@@ -311,3 +311,24 @@ def test_digit_metrics_rejects_images_outside_minus_one_to_one(classifier):
         conditional_metrics(digits - 1.5, torch.zeros(4, dtype=torch.int64), digits, torch.zeros(4, dtype=torch.int64),
                             classifier)
     digit_metrics(digits + 1, digits - 1, classifier)  # the ends of the range are fine
+
+
+def test_nearest_neighbours_in_chunks_equals_one_full_distance_matrix():
+    """Chunked (7 rows at a time) against torch.cdist over all pairs at once, on images of shape (1, 4, 4)."""
+    g = torch.Generator().manual_seed(0)
+    x, reference = torch.randn(30, 1, 4, 4, generator=g), torch.randn(50, 1, 4, 4, generator=g)
+    distance, index = nearest_neighbours(x, reference, chunk=7)
+    full = torch.cdist(x.flatten(1).double(), reference.flatten(1).double())
+    assert_close(distance, full.min(dim=1).values, rtol=1e-12, atol=1e-12)
+    assert torch.equal(index, full.argmin(dim=1))
+    same, at = nearest_neighbours(reference[[3, 8]], reference)  # a reference point is its own nearest, at 0
+    assert torch.equal(at, torch.tensor([3, 8])) and same.abs().max() < 1e-6
+
+
+def test_nearest_neighbours_rejects_bad_input():
+    with pytest.raises(ValueError, match="chunk"):
+        nearest_neighbours(torch.zeros(2, 3), torch.zeros(4, 3), chunk=0)
+    with pytest.raises(ValueError, match="same number of values per row"):
+        nearest_neighbours(torch.zeros(2, 3), torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="reference"):
+        nearest_neighbours(torch.zeros(2, 3), torch.zeros(0, 3))

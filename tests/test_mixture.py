@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from ddpm_lite.mixture import GaussianMixture, default_mixture
+from ddpm_lite.mixture import GaussianMixture, default_mixture, log_prob_check
 
 F64 = torch.float64
 
@@ -174,3 +174,26 @@ def test_mixture_rejects_bad_arguments() -> None:
     weights = torch.full((2,), 0.5, dtype=F64)
     GaussianMixture(weights, torch.zeros(2, 1), torch.ones(2)).weights[0] = 0.9  # a copy is stored...
     assert weights[0].item() == 0.5  # ...so the caller's tensor is untouched
+
+
+def test_log_prob_check_accepts_the_mixture_and_flags_wrong_spreads():
+    """N = 4,000 samples: the mixture's own pass (|z| < 4); 10% too wide, or pulled halfway to their component means, fail beyond 5 s.e."""
+    mixture = default_mixture()
+    x = mixture.sample(4000, _gen(11))
+    own = log_prob_check(mixture, x, generator=_gen(12))
+    assert abs(own.z) < 4, own
+    other = log_prob_check(mixture, x, generator=_gen(13))  # a second reference of 200,000 draws: the same E log p
+    assert abs(other.expected - own.expected) < 5 * math.sqrt(2) * own.se * math.sqrt(4000 / 200_000)
+    assert log_prob_check(mixture, 1.1 * x, generator=_gen(12)).z < -5  # over-dispersed: lower log-density
+    shrunk = mixture.means[torch.cdist(x.double(), mixture.means).argmin(1)]  # pulled halfway to their means
+    assert log_prob_check(mixture, (0.5 * x.double() + 0.5 * shrunk), generator=_gen(12)).z > 5
+
+
+def test_log_prob_check_rejects_bad_input():
+    mixture = default_mixture()
+    with pytest.raises(ValueError, match="n_reference"):
+        log_prob_check(mixture, mixture.sample(10), n_reference=0)
+    with pytest.raises(ValueError, match="samples must have shape"):
+        log_prob_check(mixture, torch.zeros(10))
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 2\)"):
+        log_prob_check(mixture, torch.zeros(10, 3))

@@ -165,3 +165,15 @@ def test_show_images_draws_colour_batches_in_their_colours():
     assert picture.shape == (8, 14, 3)  # 2 tiles of 4 pixels, padding 2 around each
     assert picture[3, 3].tolist() == [1.0, 0.0, 0.0]  # inside the first tile: pure red
     plt.close(ax.figure)
+
+
+@pytest.mark.parametrize(("batch", "channels", "nrow", "padding"), [(7, 1, 3, 2), (16, 3, 4, 2), (2, 1, 8, 0)])
+def test_image_tiling_matches_torchvision_make_grid(batch, channels, nrow, padding):
+    """viz tiles images itself (importing torchvision costs a notebook a second): the layout is make_grid's."""
+    from torchvision.utils import make_grid
+
+    from ddpm_lite.viz import _tile
+
+    images = torch.rand(batch, channels, 6, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    expected = make_grid(images, nrow=nrow, padding=padding, pad_value=1.0)[:channels]  # it copies grey to 3 channels
+    assert torch.equal(_tile(images, nrow, padding), expected)

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ddpm_lite.checks import check_positive_int
 from ddpm_lite.forward import predict_x0_from_eps, q_posterior, q_sample
 from ddpm_lite.schedules import NoiseSchedule, extract
 
@@ -104,18 +105,21 @@ def vlb_terms(
     variance: ReverseVariance = "posterior",
     decoder: Decoder = "discretized",
     generator: torch.Generator | None = None,
+    timesteps_per_call: int = 1,
 ) -> VLBTerms:
     """Every term of DDPM's variational bound (eq. 5) for each example of x_0, one x_t sample per term.
 
     eps_fn(x_t, t) -> predicted eps, like x_t: a trained model or an exact predictor. x_0: (B, ...); images in [-1, 1]
     for decoder="discretized" (DDPM eq. 13), any real data for decoder="gaussian" (a density, so -ELBO bounds
     -log p(x_0) of continuous data). variance: the reverse-process variance sigma_t^2 (DDPM sec. 3.2).
-    Costs T calls of eps_fn on the batch. math/elbo.tex eq:elbo-decomposition
+    Costs T / timesteps_per_call calls of eps_fn, each on timesteps_per_call x B inputs: a small batch is cheaper
+    per example in few large calls; the random draws are the same for every value. math/elbo.tex eq:elbo-decomposition
     """
     if not isinstance(x_0, Tensor) or x_0.ndim < 2:
         raise ValueError(f"x_0 must be a tensor of shape (B, ...) with at least 2 dimensions, got {_describe(x_0)}")
     if decoder not in ("discretized", "gaussian"):
         raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
+    check_positive_int("timesteps_per_call", timesteps_per_call)
     reverse_variances = reverse_variance(schedule, variance)
     x_0 = x_0.to(torch.float64)
     batch, dims = x_0.shape[0], x_0[0].numel()
@@ -128,27 +132,34 @@ def vlb_terms(
     ).sum(sum_dims)  # math/elbo.tex eq:prior-term
 
     terms = torch.empty(batch, schedule.T, dtype=torch.float64)
-    for step in range(schedule.T):
-        t = torch.full((batch,), step, dtype=torch.int64)
-        eps = torch.randn(x_0.shape, generator=generator, dtype=torch.float64)
-        x_t = q_sample(schedule, x_0, t, eps)
-        eps_theta = eps_fn(x_t.to(torch.float32), t).to(torch.float64)
-        if eps_theta.shape != x_t.shape:
-            raise ValueError(f"eps_fn must return the shape of x_t, {tuple(x_t.shape)}, got {tuple(eps_theta.shape)}")
-        # p_theta's mean: the posterior mean at the predicted x_0 (DDPM eq. 11); math/posterior.tex eq:posterior-mean-eps
-        mean_pred, _ = q_posterior(schedule, predict_x0_from_eps(schedule, x_t, t, eps_theta), x_t, t)
-        reverse_variance_t = extract(reverse_variances, t, x_t)
-        if step == 0:  # L_0 = -log p_theta(x_0 | x_1)
-            if decoder == "discretized":
-                log_p = discretized_gaussian_log_likelihood(x_0, mean_pred, reverse_variance_t)  # math/elbo.tex eq:discretized-decoder
-            else:
-                log_p = -0.5 * ((x_0 - mean_pred) ** 2 / reverse_variance_t + torch.log(2 * math.pi * reverse_variance_t))
-            terms[:, 0] = -log_p.sum(sum_dims)
-        else:  # L_t = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)); math/elbo.tex eq:gaussian-kl
-            mean_true, var_true = q_posterior(schedule, x_0, x_t, t)
-            terms[:, step] = normal_kl(mean_true, var_true, mean_pred, reverse_variance_t).sum(sum_dims)
+    for steps in torch.arange(schedule.T).split(timesteps_per_call):
+        ts = [torch.full((batch,), step, dtype=torch.int64) for step in steps.tolist()]
+        x_ts = [q_sample(schedule, x_0, t, torch.randn(x_0.shape, generator=generator, dtype=torch.float64)) for t in ts]
+        eps_all = eps_fn(torch.cat(x_ts).to(torch.float32), torch.cat(ts)).to(torch.float64)
+        if eps_all.shape != (len(ts) * batch, *x_0.shape[1:]):
+            raise ValueError(f"eps_fn must return the shape of x_t, {(len(ts) * batch, *x_0.shape[1:])}, "
+                             f"got {tuple(eps_all.shape)}")
+        for t, x_t, eps_theta in zip(ts, x_ts, eps_all.split(batch)):
+            terms[:, t[0]] = _vlb_term(schedule, x_0, x_t, t, eps_theta, reverse_variances, decoder, sum_dims)
     total = prior + terms.sum(1)  # DDPM eq. (5); math/elbo.tex eq:elbo-decomposition
     return VLBTerms(prior=prior, terms=terms, total=total, bits_per_dim=total / (dims * math.log(2)))
+
+
+def _vlb_term(schedule: NoiseSchedule, x_0: Tensor, x_t: Tensor, t: Tensor, eps_theta: Tensor,
+              reverse_variances: Tensor, decoder: Decoder, sum_dims: tuple[int, ...]) -> Tensor:
+    """L_t of the bound for one timestep t (the same for the whole batch), (B,) nats."""
+    # p_theta's mean: the posterior mean at the predicted x_0 (DDPM eq. 11); math/posterior.tex eq:posterior-mean-eps
+    mean_pred, _ = q_posterior(schedule, predict_x0_from_eps(schedule, x_t, t, eps_theta), x_t, t)
+    reverse_variance_t = extract(reverse_variances, t, x_t)
+    if int(t[0]) == 0:  # L_0 = -log p_theta(x_0 | x_1)
+        if decoder == "discretized":
+            log_p = discretized_gaussian_log_likelihood(x_0, mean_pred, reverse_variance_t)  # math/elbo.tex eq:discretized-decoder
+        else:
+            log_p = -0.5 * ((x_0 - mean_pred) ** 2 / reverse_variance_t + torch.log(2 * math.pi * reverse_variance_t))
+        return -log_p.sum(sum_dims)
+    # L_t = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)); math/elbo.tex eq:gaussian-kl
+    mean_true, var_true = q_posterior(schedule, x_0, x_t, t)
+    return normal_kl(mean_true, var_true, mean_pred, reverse_variance_t).sum(sum_dims)
 
 
 def _describe(value: object) -> str:

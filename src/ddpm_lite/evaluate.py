@@ -6,6 +6,8 @@ script that wrote the record (scripts/) and by a notebook that recomputes part o
 - `ddim_mnist_rows`: the same grid on MNIST from a checkpoint, plus a DDPM-T reference row: offline digit metrics.
 - `toy_sample_report`: the CLI's verdict after training on 2-D data: sliced Wasserstein of DDPM samples against its
   data-vs-data floor.
+- `read_markdown_table`, `table_number`: a notebook reads the record's numbers from results/*.md instead of typing
+  them again.
 - `script_parser`, `machine_line`, `markdown_table`, `write_rows`: the scripts' one convention. Every script in
   scripts/ runs as `python scripts/NAME.py [INPUTS] [--threads N] [--out FILE]`, prints a line naming the machine,
   threads, torch version and date, then its markdown table(s) for results/, and with `--out` writes the same rows as
@@ -148,3 +150,31 @@ def markdown_table(rows: Sequence[dict], columns: dict[str, str]) -> str:
         cells = [format(row[key], spec[0]) if spec else str(row[key]) for _, key, *spec in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def read_markdown_table(path: str | os.PathLike, first_header: str) -> list[dict[str, str]]:
+    """The rows of the markdown table in `path` whose header row starts with the cell `first_header`, each a dict
+    from header to cell text with bold marks removed. ValueError naming the file and header if there is none."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+
+    def cells(line: str) -> list[str]:
+        return [cell.strip().strip("*").strip() for cell in line.strip().strip("|").split("|")]
+
+    for number, line in enumerate(lines):
+        if line.startswith("|") and cells(line)[0] == first_header:
+            headers, rows = cells(line), []
+            for row in lines[number + 2:]:  # the line after the header is the |---| separator
+                if not row.startswith("|"):
+                    break
+                rows.append(dict(zip(headers, cells(row))))
+            return rows
+    raise ValueError(f"no markdown table with first header {first_header!r} in {path}")
+
+
+def table_number(cell: str) -> float:
+    """A table cell as a number: '96.8%' -> 0.968, '0.69' -> 0.69, '1,112,801' -> 1112801.0."""
+    text = cell.strip().strip("*").replace(",", "")
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"cell must be a number or a percentage, got {cell!r}") from None

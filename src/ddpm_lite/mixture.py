@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +133,35 @@ def default_mixture() -> GaussianMixture:
     means = 1.5 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
     weights = torch.tensor([0.2, 0.1, 0.15, 0.05] * 2, dtype=torch.float64)
     return GaussianMixture(weights, means, torch.full((8,), 0.15, dtype=torch.float64))
+
+
+class LogProbCheck(NamedTuple):
+    """`log_prob_check`'s answer; all in nats per point."""
+
+    mean: float  # mean log p(x) over the samples
+    expected: float  # E[log p(x)] under the mixture itself, from n_reference fresh draws
+    se: float  # standard error of mean - expected
+    z: float  # (mean - expected) / se
+
+
+def log_prob_check(
+    mixture: GaussianMixture, samples: Tensor, *, n_reference: int = 200_000, generator: torch.Generator | None = None
+) -> LogProbCheck:
+    """Do samples have the mixture's typical log-density? A sharp test of a sampler run with the exact predictor.
+
+    samples: (N, D). Compares the mean of log p(x) over the samples with its expectation under the mixture (Monte
+    Carlo over n_reference draws), z = difference / standard error. A sampler that adds too much noise lowers the
+    mean log-density, one that pulls points towards the component means raises it; |z| > 3 flags either. It cannot
+    see every error (a sampler that moves mass between components of equal shape keeps it): pair it with mode shares.
+    """
+    check_positive_int("n_reference", n_reference)
+    if samples.ndim != 2 or len(samples) < 2:
+        raise ValueError(f"samples must have shape (N, {mixture.dim}) with N >= 2, got shape {tuple(samples.shape)}")
+    log_p = mixture.log_prob(samples)
+    reference = mixture.log_prob(mixture.sample(n_reference, generator))
+    se = math.sqrt(log_p.var().item() / len(log_p) + reference.var().item() / len(reference))
+    mean, expected = log_p.mean().item(), reference.mean().item()
+    return LogProbCheck(mean, expected, se, (mean - expected) / se)
 
 
 def gaussian_mixture(

@@ -16,7 +16,6 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor
-from torchvision.utils import make_grid
 
 from ddpm_lite.forward import q_sample, snr
 from ddpm_lite.schedules import NoiseSchedule
@@ -27,6 +26,20 @@ SLIDER_HALF = {"width": "26em"}  # two sliders side by side
 POINT_LIMIT = 4.0  # 2-D panels show [-4, 4]^2: four standard deviations of N(0, I) and all of the toy data
 
 
+def _tile(images: Tensor, nrow: int, padding: int) -> Tensor:
+    """(B, C, H, W) -> (C, H', W'): rows of `nrow` images with `padding` white pixels around each, laid out as
+    torchvision's make_grid does (without importing torchvision, which costs a notebook about a second)."""
+    batch, channels, height, width = images.shape
+    columns = min(nrow, batch)
+    rows = math.ceil(batch / columns)
+    grid = torch.full((channels, rows * (height + padding) + padding, columns * (width + padding) + padding),
+                      IMAGE_RANGE[1])
+    for k, image in enumerate(images.detach().float().cpu()):
+        top, left = (k // columns) * (height + padding) + padding, (k % columns) * (width + padding) + padding
+        grid[:, top:top + height, left:left + width] = image
+    return grid
+
+
 def image_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """Tile a batch of one-channel images into one (H, W) float array, keeping their values (no rescaling).
 
@@ -34,8 +47,7 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images must have shape (B, 1, H, W), got {tuple(images.shape)}")
-    grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=padding, pad_value=IMAGE_RANGE[1])
-    return grid[0].numpy()
+    return _tile(images, nrow, padding)[0].numpy()
 
 
 def show_images(images: Tensor, *, nrow: int = 8, ax: Axes | None = None, title: str | None = None) -> Axes:
@@ -44,8 +56,7 @@ def show_images(images: Tensor, *, nrow: int = 8, ax: Axes | None = None, title:
     if ax is None:
         _, ax = plt.subplots(figsize=(0.6 * min(nrow, len(images)) + 0.4, 0.6 * math.ceil(len(images) / nrow) + 0.6))
     if images.ndim == 4 and images.shape[1] == 3:
-        grid = make_grid(images.detach().float().cpu().clamp(*IMAGE_RANGE), nrow=nrow, padding=2,
-                         pad_value=IMAGE_RANGE[1])
+        grid = _tile(images.clamp(*IMAGE_RANGE), nrow, padding=2)
         ax.imshow(((grid + 1) / 2).permute(1, 2, 0).numpy())  # (H, W, 3) in [0, 1]
     else:
         ax.imshow(image_grid(images, nrow=nrow), cmap="gray", vmin=IMAGE_RANGE[0], vmax=IMAGE_RANGE[1])
@@ -275,3 +286,28 @@ def sampler_slider(sample: Callable[[int, float], Tensor], steps: Sequence[int],
 
     output = widgets.interactive_output(redraw, {"S": steps_slider, "eta": eta_slider})
     return widgets.VBox([widgets.HBox([steps_slider, eta_slider]), output])
+
+
+def grid_slider(grids: Mapping[float, Tensor], *, description: str, title: Callable[[float], str], nrow: int = 8,
+                value: float | None = None):
+    """A slider over precomputed image grids (one per setting, e.g. a guidance weight) that redraws the chosen one.
+
+    grids: setting -> images (B, 1, H, W) in [-1, 1]; title(setting) names the picture. Everything is drawn
+    beforehand, so the picture follows the slider at once; core widgets only.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    if not grids:
+        raise ValueError("grids must hold at least one setting")
+    options = list(grids)
+    slider = widgets.SelectionSlider(options=options, value=options[0] if value is None else value,
+                                     description=description, continuous_update=True, layout=SLIDER_HALF)
+
+    def redraw(setting: float) -> None:
+        fig, ax = plt.subplots(figsize=(3.8, 5.8), layout="constrained")
+        show_images(grids[setting].clamp(*IMAGE_RANGE), nrow=nrow, ax=ax, title=title(setting))
+        display(fig)
+        plt.close(fig)
+
+    return widgets.VBox([slider, widgets.interactive_output(redraw, {"setting": slider})])
