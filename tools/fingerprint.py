@@ -6,7 +6,8 @@ executes it; `tests/tooling/test_fresh_outputs.py` recomputes it and fails, nami
 the two differ: outputs cannot silently go stale after a change to the library, a checkpoint or a code cell.
 
 - library: every `.py` and `.pt` file under src/ddpm_lite (the code and the digit classifier's weights).
-- files: each `checkpoints/...pt` or `results/...csv` path named in the notebook's code, hashed by content.
+- files: each `checkpoints/...pt` or `results/...csv` or `.md` path named in the notebook's code, hashed by content
+  (a notebook that reads the record's tables goes stale when the record changes).
 - code: the code cells' source, with the repository's URL replaced by a placeholder (a fork that points the
   notebooks at itself with tools/sync_repository_url.py changes no output).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "src" / "ddpm_lite"
-READS = re.compile(r"\b(?:checkpoints|results)/[\w./-]+\.(?:pt|csv)\b")
+READS = re.compile(r"\b(?:checkpoints|results)/[\w./-]+\.(?:pt|csv|md)\b")
 REPOSITORY_URL = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+")
 
 

@@ -106,12 +106,14 @@ def test_colab_install_keeps_the_installed_torch(tmp_path):
 
 def test_sync_tool_rewrites_badge_install_and_downloads_then_restores_them(tmp_path):
     """tools/sync_repository_url.py on copies of notebooks 01 and 05: pointed at a fork it rewrites exactly the
-    badge, the %pip line and the checkpoint link; pointed back, the files are byte for byte the committed ones."""
+    badge, the %pip line and the links to committed files; pointed back, the files are byte for byte the committed ones."""
     from tools import sync_repository_url as tool
 
     assert tool.repository() == REPO
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "mnist.pt").touch()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "ddim_grid.csv").touch()  # notebook 05 also reads the committed grid
     (tmp_path / "notebooks").mkdir()
     fork = "https://github.com/someone/ddpm-fork"
     for name in ["01_forward_process.ipynb", "05_training_mnist.ipynb"]:
