@@ -191,8 +191,9 @@ def test_log_prob_check_accepts_the_mixture_and_flags_wrong_spreads():
 
 def test_log_prob_check_rejects_bad_input():
     mixture = default_mixture()
-    with pytest.raises(ValueError, match="n_reference"):
-        log_prob_check(mixture, mixture.sample(10), n_reference=0)
+    for bad in (0, 1, 2.5, True):
+        with pytest.raises(ValueError, match="n_reference must be an integer >= 2"):
+            log_prob_check(mixture, mixture.sample(10), n_reference=bad)
     with pytest.raises(ValueError, match="samples must have shape"):
         log_prob_check(mixture, torch.zeros(10))
     with pytest.raises(ValueError, match=r"shape \(\.\.\., 2\)"):

@@ -9,7 +9,8 @@ and by Tweedie's formula it is a scaled score:
 
 A trained network can at best match it, so comparing a sampler run with this predictor against the data isolates the
 sampler's own error, and comparing a network against it isolates the network's error (`mixture_eps`,
-`MixtureEpsModel`). `default_mixture()` is the 2-D mixture the notebooks train on.
+`MixtureEpsModel`). `log_prob_check` tests whether samples have the mixture's typical log-density, a sharper test of
+a sampler than a distance between point clouds. `default_mixture()` is the 2-D mixture the notebooks train on.
 """
 
 from __future__ import annotations
@@ -154,7 +155,8 @@ def log_prob_check(
     mean log-density, one that pulls points towards the component means raises it; |z| > 3 flags either. It cannot
     see every error (a sampler that moves mass between components of equal shape keeps it): pair it with mode shares.
     """
-    check_positive_int("n_reference", n_reference)
+    if isinstance(n_reference, bool) or not isinstance(n_reference, int) or n_reference < 2:
+        raise ValueError(f"n_reference must be an integer >= 2 (a variance is estimated from it), got {n_reference!r}")
     if samples.ndim != 2 or len(samples) < 2:
         raise ValueError(f"samples must have shape (N, {mixture.dim}) with N >= 2, got shape {tuple(samples.shape)}")
     log_p = mixture.log_prob(samples)
