@@ -4,7 +4,7 @@
 
 CI runs the notebooks through nbval (`make test`), in the kernel of the current environment with the notebook's folder
 as working directory; this does the same through nbclient, without writing anything back, and prints a markdown table
-of seconds per notebook and the total against the course's budget of 10 minutes. Run it on a quiet machine: other
+of seconds per notebook and the total against the course's budget (BUDGET_SECONDS below). Run it on a quiet machine: other
 processes on the same cores slow every notebook down. OMP_NUM_THREADS is set to `--threads` for the kernels.
 `--slowest N` adds a table of the N slowest cells of the course, to show where the time goes.
 """

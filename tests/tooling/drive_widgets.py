@@ -5,7 +5,8 @@
 Run by tests/tooling/test_widget_versions.py under ipywidgets 8.x (the course's environment) and 7.7.x (what Colab
 ships). The widgets are the course's: `ddpm_lite.viz`'s sliders (notebooks 01, 06, 07 and 09) and the tqdm progress
 bars every sampler and training run shows in a notebook. Each redraw goes through IPython's `display`, which is
-recorded here, so a callback that never fires, or fires with the wrong setting, shows in the counts.
+recorded here, so a callback that never fires shows in the counts; the sampler slider also records the settings
+it was called with.
 """
 
 from __future__ import annotations
