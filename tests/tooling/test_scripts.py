@@ -1,7 +1,9 @@
-"""scripts/tune_mnist.py from its command line: each variant changes what it says, and a 2-step quality run
-(4 samples) and its report run end to end. (Its side-by-side weight averages, `train.WeightAverages`, are tested in
-tests/test_train.py.)"""
+"""The scripts from their command lines. scripts/tune_mnist.py: each variant changes what it says, and a 2-step
+quality run (4 samples) and its report run end to end (its side-by-side weight averages, `train.WeightAverages`, are
+tested in tests/test_train.py). scripts/gpu_throughput.py: its smoke mode runs on the CPU and its two networks are
+DDPM's CIFAR-10 network at the same size."""
 
+import csv
 import dataclasses
 import json
 import subprocess
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from ddpm_lite.checkpoints import config_to_dict
 from ddpm_lite.configs import CONFIGS
+from ddpm_lite.models import count_parameters
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
@@ -37,3 +40,30 @@ def test_quality_one_and_report_run(tmp_path):
     report = subprocess.run([sys.executable, str(SCRIPTS / "tune_mnist.py"), "report", str(tmp_path)], check=True,
                             capture_output=True, text=True, timeout=120).stdout
     assert "| preset | " in report and "| 2 of 2 |" in report
+
+
+def test_gpu_throughput_smoke_mode_runs_on_the_cpu(tmp_path):
+    out = tmp_path / "throughput.csv"
+    command = [sys.executable, str(SCRIPTS / "gpu_throughput.py"), "--smoke", "--device", "cpu", "--out", str(out)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [row["network"] for row in rows] == ["ddpm_lite `cifar10` UNet", "diffusers UNet2DModel (google/ddpm-cifar10-32)"]
+    assert all(float(row["images_per_second"]) > 0 and row["batch"] == "4" for row in rows)
+    assert rows[0]["parameters"] == rows[1]["parameters"]  # the same network at a quarter of the width
+    assert "| ddpm_lite `cifar10` UNet | " in printed and "speed_ratio=" in printed
+
+
+def test_gpu_throughput_compares_ddpm_cifar10_networks_of_the_papers_size():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from gpu_throughput import networks
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    counts = [count_parameters(model) for model in networks(1).values()]
+    assert counts == [35_746_307, 35_746_307]  # DDPM's CIFAR-10 network: 35.7 M parameters (Ho et al. 2020, sec. 4)
+
+
+def test_gpu_throughput_rejects_bad_step_counts():
+    command = [sys.executable, str(SCRIPTS / "gpu_throughput.py"), "--steps", "0", "--device", "cpu"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "--steps must be at least 1, got 0" in finished.stderr
