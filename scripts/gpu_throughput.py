@@ -24,7 +24,7 @@ import dataclasses
 import time
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from ddpm_lite.configs import CONFIGS
@@ -32,17 +32,7 @@ from ddpm_lite.evaluate import machine_line, markdown_table, script_parser, writ
 from ddpm_lite.models import count_parameters, make_model
 from ddpm_lite.schedules import NoiseSchedule
 from ddpm_lite.train import ddpm_loss, ema_update
-
-
-class DiffusersEps(nn.Module):
-    """A diffusers UNet2DModel as an eps-predictor eps(x_t, t), the interface of `ddpm_lite`'s networks."""
-
-    def __init__(self, unet: nn.Module):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        return self.unet(x_t, t).sample
+from quality_per_minute import DiffusersEps  # scripts/ is on sys.path when a script runs
 
 
 def networks(width_divisor: int) -> dict[str, nn.Module]:
