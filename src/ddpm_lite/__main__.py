@@ -34,6 +34,7 @@ from ddpm_lite.checkpoints import (
     prepare_run_folder,
     read_checkpoint,
 )
+from ddpm_lite import distributed
 from ddpm_lite.configs import CONFIGS, TrainConfig
 from ddpm_lite.data import TOY_DATA, load_cifar10, load_mnist, toy_points
 from ddpm_lite.devices import pick_device
@@ -134,23 +135,46 @@ def sample_grid_writer(config: TrainConfig, out: Path, sample_shape: tuple[int, 
 
 def cmd_train(args: argparse.Namespace) -> None:
     config = CONFIGS[args.config]
-    _at_least_one("--steps", args.steps)
-    _at_least_one("--checkpoint-every", args.checkpoint_every)
-    overrides = {k: v for k, v in (("steps", args.steps), ("checkpoint_every", args.checkpoint_every)) if v}
+    for option in ("steps", "checkpoint_every", "batch_size", "data_streams"):
+        _at_least_one("--" + option.replace("_", "-"), getattr(args, option))
+    overrides = {k: getattr(args, k) for k in ("steps", "checkpoint_every", "batch_size") if getattr(args, k)}
     config = dataclasses.replace(config, **overrides)
     out = Path(args.out or f"runs/{config.name}")
     device = _device(args.device)
+    if distributed.launched():  # started by torchrun: one process per device, joined into one group
+        device = distributed.init_from_env(device.type)
+    rank, world = distributed.rank(), distributed.world_size()
+    streams = args.data_streams or world
+    if streams % world:
+        raise CommandError(f"--data-streams {streams} must be a multiple of the number of processes ({world})")
+    if config.batch_size % streams:
+        raise CommandError(f"the global batch of {config.batch_size} does not split into {streams} equal shares (one "
+                           f"per process, or per --data-streams): choose a --batch-size divisible by {streams}")
     checkpoint = out / CHECKPOINT_NAME
     if args.resume:  # the checkpoint must be a training one of this config, before any data is loaded
-        check_config(read_checkpoint(checkpoint, "training"), checkpoint, expected=config)
+        state = read_checkpoint(checkpoint, "training")
+        check_config(state, checkpoint, expected=config)
+        saved = len(state["rng"].get("streams", [None]))
+        if saved != streams and not args.reshard:
+            raise CommandError(f"{checkpoint} was written by a run with {saved} data stream(s), one per process; this "
+                               f"run has {streams} ({world} process(es)). Resume it with torchrun --nproc_per_node="
+                               f"{saved}, or in fewer processes with --data-streams {saved}, to continue exactly; or "
+                               f"add --reshard to start {streams} new streams (the run goes on, not as an unbroken one)")
     elif checkpoint.exists():
         raise CommandError(f"{out} already holds a run's checkpoint; add --resume to continue it, or choose another "
                            f"--out")
-    _writable_folder("--out", out)
-    images, labels, source = load_training_data(config)
-    print(f"config {config.name}: {config}\ndata: {source}\ndevice: {device}\noutput: {out}", flush=True)
+    if rank == 0:
+        _writable_folder("--out", out)
+    with distributed.rank_zero_first():  # rank 0 downloads, the others then read its files
+        images, labels, source = load_training_data(config)
+    if rank == 0:
+        group = f" x {world} processes ({config.batch_size // world} images each)" if world > 1 else ""
+        print(f"config {config.name}: {config}\ndata: {source}\ndevice: {device}{group}\noutput: {out}", flush=True)
     result = train(config, images, out, resume=args.resume, device=device, progress=not args.no_progress,
-                   labels=labels, callback=sample_grid_writer(config, out, tuple(images.shape[1:])))
+                   labels=labels, callback=sample_grid_writer(config, out, tuple(images.shape[1:])),
+                   data_streams=args.data_streams, reshard=args.reshard)
+    if rank > 0:
+        return
     print(f"trained to step {len(result.losses)} in {result.seconds:.1f} s this run; "
           f"mean loss of the last 100 steps {sum(result.losses[-100:]) / len(result.losses[-100:]):.4f}; "
           f"checkpoint {result.checkpoint}")
@@ -236,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="output folder for checkpoint.pt and sample grids (default: runs/<config>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="global batch, split across processes under torchrun (default: the "
+                                                  "preset's)")
+    p.add_argument("--data-streams", type=int, help="random streams the batch is drawn from, a multiple of the number "
+                                                    "of processes (default: one per process; ddpm_lite.distributed)")
+    p.add_argument("--reshard", action="store_true", help="with --resume: start new data streams when the "
+                                                          "checkpoint's number differs (not exact)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -273,9 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(error, (CommandError, CheckpointError)) else 1
     except TrainingInterrupted as stop:
         again = [a for a in argv if a != "--resume"] + ["--resume"]
-        print(f"stopped by {stop.signal_name} at step {stop.step}; checkpoint written to {stop.checkpoint}; continue "
-              f"with: python -m ddpm_lite {shlex.join(again)}", file=sys.stderr)
+        launcher = (f"torchrun --nproc_per_node={distributed.world_size()} -m ddpm_lite" if distributed.launched()
+                    else "python -m ddpm_lite")
+        if distributed.rank() == 0:
+            print(f"stopped by {stop.signal_name} at step {stop.step}; checkpoint written to {stop.checkpoint}; "
+                  f"continue with: {launcher} {shlex.join(again)}", file=sys.stderr)
         return 130 if stop.signal_name == "SIGINT" else 143
+    finally:
+        distributed.leave()
     return 0
 
 

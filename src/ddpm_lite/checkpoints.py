@@ -47,14 +47,14 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the repository, when the p
 
 
 def save_checkpoint(path: Path, config: TrainConfig, model: nn.Module, ema: AveragedModel, optimizer, lr_schedule,
-                    generator: torch.Generator, step: int, losses: list[float],
-                    rng_state: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+                    step: int, losses: list[float], rng: dict) -> Path:
     """Write everything needed to resume to `path`, atomically (temporary file in the same folder, then rename).
 
-    `rng_state`: (generator state, torch's global state) to store; default the current ones. Raises
-    `CheckpointWriteError` if the file cannot be written; the previous file at `path`, if any, is then unchanged.
+    `rng`: the RNG states to resume from, {"generator": stream 0's generator, "torch": torch's global state, and for
+    runs with several data streams or processes "streams": every stream's generator, "torch_ranks": every process's
+    global state}. Raises `CheckpointWriteError` if the file cannot be written; the previous file at `path`, if any,
+    is then unchanged.
     """
-    generator_state, torch_state = rng_state or (generator.get_state(), torch.get_rng_state())
     state = {
         "format": FORMAT,
         "config": config_to_dict(config),
@@ -62,7 +62,7 @@ def save_checkpoint(path: Path, config: TrainConfig, model: nn.Module, ema: Aver
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_schedule": lr_schedule.state_dict(),
-        "rng": {"generator": generator_state, "torch": torch_state},
+        "rng": rng,
         "step": step,
         "losses": losses,
     }

@@ -34,6 +34,7 @@ class TrainConfig:
     sample_every: int = 0  # steps between the sample grids the CLI writes to the output folder; 0 = none
     n_points: int = 50_000  # size of the fixed training set for 2-D data
     label_dropout: float = 0.0  # class-conditional models: chance a label is replaced by "no label" (Ho & Salimans: 0.1-0.2)
+    random_flip: bool = False  # images: flip each training image left-right with probability 1/2 (DDPM's CIFAR-10 runs)
     channels_last: bool = False  # images: keep the UNet's weights and inputs in NHWC order, for oneDNN's and cuDNN's faster convolutions
 
     def __post_init__(self) -> None:
@@ -41,6 +42,8 @@ class TrainConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.label_dropout and not getattr(self.model, "num_classes", 0):
             raise ValueError("label_dropout > 0 needs a class-conditional model (UNetConfig.num_classes > 0)")
+        if self.random_flip and not isinstance(self.model, UNetConfig):
+            raise ValueError(f"random_flip applies to images (a UNetConfig), got {type(self.model).__name__}")
         if self.channels_last and not isinstance(self.model, UNetConfig):
             raise ValueError(f"channels_last applies to images (a UNetConfig), got {type(self.model).__name__}")
 
@@ -70,6 +73,6 @@ CONFIGS: dict[str, TrainConfig] = {
                            model=UNetConfig(image_channels=3, image_size=32, base_channels=128,
                                             channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
                                             dropout=0.1, groups=32),
-                           steps=800_000, batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999,
+                           steps=800_000, batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999, random_flip=True,
                            checkpoint_every=10_000, sample_every=50_000),
 }

