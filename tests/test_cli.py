@@ -86,13 +86,20 @@ def broken_files(tmp_path_factory) -> dict[str, Path]:
     (["sample", "--checkpoint", "{committed}", "--eta", "-1"], ["--eta must be a number >= 0", "got -1.0"]),
     (["sample", "--checkpoint", "{committed}", "--out", "grid.txt"], ["must end in one of .png"]),
     (["sample", "--checkpoint", "{committed}", "--device", "cuda"], ["no cuda device is available"]),
+    (["sample", "--checkpoint", "{committed}", "--sampler", "heun", "--steps", "0"], ["--steps must be in [1, T]"]),
+    (["sample", "--checkpoint", "{committed}", "--sampler", "ddim", "--spacing", "karras"],
+     ["--spacing karras does not apply to --sampler ddim", "uniform, quadratic"]),
+    (["sample", "--checkpoint", "{committed}", "--sampler", "dpmpp-2m", "--spacing", "quadratic"],
+     ["--spacing quadratic does not apply to --sampler dpmpp-2m", "karras"]),
+    (["sample", "--checkpoint", "{committed}", "--sampler", "euler", "--clip"], ["--clip applies to the ddpm and ddim"]),
     (["export", "--checkpoint", "{committed}", "--out", "again.pt"], ["is an exported one", "need a training checkpoint"]),
     (["train", "--config", "nonsense"], ["invalid choice: 'nonsense'"]),
     (["train", "--config", "2d", "--steps", "0"], ["--steps must be at least 1, got 0"]),
     (["train", "--config", "2d", "--out", "a_file"], ["output folder a_file is an existing file"]),
     (["train", "--config", "2d", "--resume", "--out", "empty_run"], ["empty_run/checkpoint.pt does not exist"]),
 ], ids=["missing", "truncated", "not-a-checkpoint", "format-version", "n-0", "steps-0", "steps-5000", "eta-negative",
-        "unknown-image-type", "no-cuda", "export-an-export", "unknown-config", "train-steps-0", "out-is-a-file",
+        "unknown-image-type", "no-cuda", "solver-steps-0", "ddim-spacing", "solver-spacing", "solver-clip",
+        "export-an-export", "unknown-config", "train-steps-0", "out-is-a-file",
         "resume-nothing"])
 def test_a_mistake_ends_in_one_line_before_any_work(args, fragments, broken_files, tmp_path):
     if "--device" in args and torch.cuda.is_available():
@@ -103,6 +110,17 @@ def test_a_mistake_ends_in_one_line_before_any_work(args, fragments, broken_file
     assert_one_line_error(result, *fragments)
     assert (tmp_path / "a_file").read_text() == "keep me\n"
     assert not list(tmp_path.glob("**/checkpoint.pt")) and not list(tmp_path.glob("**/*.png"))
+
+
+def test_the_ode_solvers_sample_from_the_command_line(tmp_path):
+    """--sampler heun / dpmpp-2m (ddpm_lite.solvers) on a spacing of choice; the label gives steps and NFE."""
+    for args, label in ((["--sampler", "dpmpp-2m", "--steps", "3"], "dpmpp-2m 3 steps, 3 NFE (karras)"),
+                        (["--sampler", "heun", "--steps", "2", "--spacing", "trailing"], "heun 2 steps, 3 NFE (trailing)")):
+        result = run_cli("sample", "--checkpoint", str(COMMITTED), "--n", "4", *args, "--out", "grid.png", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"4 samples with {label}" in result.stdout
+        assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+        (tmp_path / "grid.png").unlink()
 
 
 def test_debug_shows_the_traceback(tmp_path):

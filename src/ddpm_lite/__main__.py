@@ -5,6 +5,7 @@
     python -m ddpm_lite train --config mnist-ddpm --out runs/mnist-ddpm  # the committed checkpoint's (checkpoints/)
     python -m ddpm_lite train --config mnist --out runs/mnist --resume   # continue after an interruption
     python -m ddpm_lite sample --checkpoint runs/mnist/checkpoint.pt --sampler ddim --steps 50 --out samples.png
+    python -m ddpm_lite sample --checkpoint checkpoints/mnist.pt --sampler dpmpp-2m --steps 10 --spacing karras
     torchrun --nproc_per_node=8 -m ddpm_lite train --config cifar10       # 8 GPUs (docs/cifar10.md)
     python -m ddpm_lite fid --checkpoint runs/cifar10/checkpoint.pt --n 50000 --sampler ddim --steps 100
 
@@ -22,6 +23,7 @@ import os
 import shlex
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -164,20 +166,45 @@ def _fid_reference(config: TrainConfig, images: torch.Tensor, source: str, n: in
     return images, name, source
 
 
-def _image_sampler(model: torch.nn.Module, schedule, config: TrainConfig, sampler: str, steps: int, eta: float,
-                   device: torch.device):
-    """sample(count, generator) -> count images of the checkpoint's shape, from DDPM or DDIM (for FID)."""
+SAMPLERS = ("ddpm", "ddim", "euler", "heun", "dpmpp-2m")  # the last three: ddpm_lite.solvers, on sigma grids
+DDIM_SPACINGS = ("uniform", "quadratic")  # ddpm_lite.samplers.ddim_timesteps
+
+
+def _sampler(model: torch.nn.Module, schedule, sampler: str, steps: int, device: torch.device, *, eta: float = 0.0,
+             spacing: str | None = None, clip: bool = False):
+    """(sample(shape, generator) -> samples, label) for --sampler, --steps, --eta, --spacing and --clip, checked."""
     from ddpm_lite.samplers import ddim_sample, ddpm_sample
+    from ddpm_lite.solvers import SigmaSpacing, fast_sample, nfe
 
-    shape = (config.model.image_channels, config.model.image_size, config.model.image_size)
+    if not (math.isfinite(eta) and eta >= 0):
+        raise CommandError(f"--eta must be a number >= 0 (0 deterministic, 1 DDPM-like), got {eta}")
+    if sampler != "ddpm" and not 1 <= steps <= schedule.T:
+        raise CommandError(f"--steps must be in [1, T] = [1, {schedule.T}] for this checkpoint, got {steps}")
+    fast = sampler not in ("ddpm", "ddim")
+    spacing = spacing or ("karras" if fast else "uniform")
+    allowed = typing.get_args(SigmaSpacing) if fast else DDIM_SPACINGS
+    if sampler != "ddpm" and spacing not in allowed:
+        raise CommandError(f"--spacing {spacing} does not apply to --sampler {sampler}; choose one of "
+                           f"{', '.join(allowed)}")
+    if clip and fast:
+        raise CommandError(f"--clip applies to the ddpm and ddim samplers, not {sampler}")
 
-    def sample(count: int, generator: torch.Generator) -> torch.Tensor:
+    def sample(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         if sampler == "ddpm":
-            return ddpm_sample(model, schedule, (count, *shape), generator=generator, device=device, progress=False)
-        return ddim_sample(model, schedule, (count, *shape), steps=steps, eta=eta, generator=generator, device=device,
-                           progress=False)
+            return ddpm_sample(model, schedule, shape, generator=generator, device=device, clip_x0=clip, progress=False)
+        if sampler == "ddim":
+            return ddim_sample(model, schedule, shape, steps=steps, eta=eta, spacing=spacing, generator=generator,
+                               device=device, clip_x0=clip, progress=False)
+        return fast_sample(model, schedule, shape, solver=sampler, steps=steps, spacing=spacing, generator=generator,
+                           device=device, progress=False)
 
-    return sample
+    if sampler == "ddpm":
+        label = f"DDPM-{schedule.T}"
+    elif sampler == "ddim":
+        label = f"DDIM-{steps} (eta={eta}, {spacing})"
+    else:
+        label = f"{sampler} {steps} steps, {nfe(sampler, steps)} NFE ({spacing})"
+    return sample, label
 
 
 def fid_logger(config: TrainConfig, out: Path, metric, n: int, every: int, device: torch.device):
@@ -188,6 +215,7 @@ def fid_logger(config: TrainConfig, out: Path, metric, n: int, every: int, devic
     from ddpm_lite.schedules import NoiseSchedule
 
     schedule = NoiseSchedule.named(config.schedule, config.T)
+    shape = (config.model.image_channels, config.model.image_size, config.model.image_size)
     table = out / "fid.csv"
 
     def log(step: int, model: torch.nn.Module, ema: torch.nn.Module) -> None:
@@ -195,10 +223,10 @@ def fid_logger(config: TrainConfig, out: Path, metric, n: int, every: int, devic
             return
         was_training = ema.training
         ema.eval()
-        sample = _image_sampler(ema, schedule, config, "ddim", 50, 0.0, device)
+        sample, _ = _sampler(ema, schedule, "ddim", 50, device)
         start = time.perf_counter()
-        fid = fid_of_sampler(metric, sample, n, batch_size=min(n, 250), seed=config.seed, progress=False,
-                             shared=False)
+        fid = fid_of_sampler(metric, lambda count, generator: sample((count, *shape), generator), n,
+                             batch_size=min(n, 250), seed=config.seed, progress=False, shared=False)
         metric.reset()  # the fake-image sums; the reference's are kept
         ema.train(was_training)
         print(f"step {step}: FID {fid:.2f} of {n} DDIM-50 samples of the EMA network "
@@ -274,30 +302,20 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from ddpm_lite.samplers import ddim_sample, ddpm_sample
-
     _at_least_one("--n", args.n)
-    if not (math.isfinite(args.eta) and args.eta >= 0):
-        raise CommandError(f"--eta must be a number >= 0 (0 deterministic, 1 DDPM-like), got {args.eta}")
     device = _device(args.device)
     _writable_image("--out", Path(args.out))
     model, schedule, config = load_for_sampling(args.checkpoint, device)
-    if args.sampler == "ddim" and not 1 <= args.steps <= config.T:
-        raise CommandError(f"--steps must be in [1, T] = [1, {config.T}] for this checkpoint, got {args.steps}")
+    sample, label = _sampler(model, schedule, args.sampler, args.steps, device, eta=args.eta, spacing=args.spacing,
+                             clip=args.clip)
     if args.metrics and config.data != "mnist":
         raise CommandError(f"--metrics reads MNIST digits, but {args.checkpoint} was trained on {config.data}")
-    generator = torch.Generator().manual_seed(args.seed)
     shape = (args.n, 2) if config.data in TOY_DATA else (
         args.n, config.model.image_channels, config.model.image_size, config.model.image_size)
     start = time.perf_counter()
-    if args.sampler == "ddpm":
-        samples = ddpm_sample(model, schedule, shape, generator=generator, device=device, clip_x0=args.clip)
-    else:
-        samples = ddim_sample(model, schedule, shape, steps=args.steps, eta=args.eta, generator=generator,
-                              device=device, clip_x0=args.clip)
+    samples = sample(shape, torch.Generator().manual_seed(args.seed))
     samples = samples.cpu()
     seconds = time.perf_counter() - start
-    label = "DDPM-" + str(config.T) if args.sampler == "ddpm" else f"DDIM-{args.steps} (eta={args.eta})"
     print(f"{args.n} samples with {label} in {seconds:.1f} s ({seconds / args.n:.3f} s per sample)")
     _save_samples(samples, Path(args.out), label)
     print(f"wrote {args.out}")
@@ -316,8 +334,6 @@ def cmd_fid(args: argparse.Namespace) -> None:
         _at_least_one("--" + option.replace("_", "-"), getattr(args, option))
     if args.n < 2:
         raise CommandError(f"--n must be at least 2 (FID fits a covariance), got {args.n}")
-    if not (math.isfinite(args.eta) and args.eta >= 0):
-        raise CommandError(f"--eta must be a number >= 0 (0 deterministic, 1 DDPM-like), got {args.eta}")
     device = _device(args.device)
     if distributed.launched():
         device = distributed.init_from_env(device.type)
@@ -326,8 +342,8 @@ def cmd_fid(args: argparse.Namespace) -> None:
         raise CommandError(f"FID is for images, but {args.checkpoint} was trained on 2-D points ({config.data})")
     if getattr(config.model, "num_classes", 0):
         raise CommandError(f"{args.checkpoint} is class-conditional; FID here samples unconditional models")
-    if args.sampler == "ddim" and not 1 <= args.steps <= config.T:
-        raise CommandError(f"--steps must be in [1, T] = [1, {config.T}] for this checkpoint, got {args.steps}")
+    sample, label = _sampler(model, schedule, args.sampler, args.steps, device, eta=args.eta, spacing=args.spacing)
+    shape = (config.model.image_channels, config.model.image_size, config.model.image_size)
     weights = _fid_weights(args.fid_weights)
     images, _, source = _training_data(config)
     images, name, source = _fid_reference(config, images, source, args.reference_n)
@@ -338,9 +354,8 @@ def cmd_fid(args: argparse.Namespace) -> None:
     if rank == 0:
         print(f"reference: {len(images):,} images, {source}; Inception statistics "
               f"{'read from' if cached else 'computed and written to'} {cache}", flush=True)
-    sample = _image_sampler(model, schedule, config, args.sampler, args.steps, args.eta, device)
-    fid = fid_of_sampler(metric, sample, args.n, batch_size=args.batch, seed=args.seed, progress=not args.no_progress)
-    label = f"DDPM-{config.T}" if args.sampler == "ddpm" else f"DDIM-{args.steps} (eta={args.eta})"
+    fid = fid_of_sampler(metric, lambda count, generator: sample((count, *shape), generator), args.n,
+                         batch_size=args.batch, seed=args.seed, progress=not args.no_progress)
     if rank == 0:
         print(f"FID {fid:.4f}: {args.n:,} samples of {args.checkpoint} ({label}, seed {args.seed}) against "
               f"{len(images):,} reference images, in {time.perf_counter() - start:.1f} s on "
@@ -409,9 +424,12 @@ def main(argv: list[str] | None = None) -> int:
 
     p = commands.add_parser("sample", help="sample from a checkpoint's EMA weights and save a PNG grid")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always takes T)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                   help="ddpm (T steps), ddim, or an ODE solver of ddpm_lite.solvers: euler, heun, dpmpp-2m")
+    p.add_argument("--steps", type=int, default=50, help="steps of ddim or a solver (ddpm always takes T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--spacing", help="ddim: uniform (default) or quadratic; solvers: karras (default), log-snr, "
+                                     "leading, trailing or linspace")
     p.add_argument("--clip", action="store_true", help="clip the predicted x_0 to [-1, 1] at every step")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
@@ -426,9 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", "--num-samples", dest="n", type=int, default=50_000,
                    help="number of samples (papers: 50,000); under torchrun write --num-samples (torchrun reads --n "
                         "as an abbreviation of its own options)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=100, help="DDIM steps (DDPM always takes T)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim", help="as for the sample command")
+    p.add_argument("--steps", type=int, default=100, help="steps of ddim or a solver (ddpm always takes T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    p.add_argument("--spacing", help="as for the sample command")
     p.add_argument("--batch", type=int, default=500, help="samples per sampling batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference-n", type=int, help="compare with a random subset of this many training images "

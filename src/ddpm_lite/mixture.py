@@ -195,6 +195,21 @@ def mixture_eps(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: Tensor, 
     return eps.to(x_t.dtype)
 
 
+def mixture_eps_at_noise_level(mixture: GaussianMixture):
+    """The exact E[eps | x_t] at any noise level, as the solvers' `EpsAtSigma` eps(x_bar, sigma): alpha_bar =
+    1 / (1 + sigma^2), x_t = x_bar sqrt(alpha_bar), not only at a schedule's levels. x_bar: (B, D); computed in
+    float64, returned in x_bar's dtype. math/fast_sampling.tex eq:pf-ode-sigma"""
+
+    def eps(x_bar: Tensor, sigma: float) -> Tensor:
+        if x_bar.ndim != 2 or x_bar.shape[1] != mixture.dim:
+            raise ValueError(f"x_bar must have shape (B, {mixture.dim}), got {tuple(x_bar.shape)}")
+        alpha_bar = 1 / (1 + sigma**2)
+        x_t = x_bar.to(torch.float64) * math.sqrt(alpha_bar)  # math/ddim.tex eq:ddim-ode-back
+        return (-math.sqrt(1 - alpha_bar) * mixture.noised(alpha_bar).score(x_t)).to(x_bar.dtype)
+
+    return eps
+
+
 def mixture_eps_fn(mixture: GaussianMixture, schedule: NoiseSchedule):
     """`mixture_eps` as an `eps_fn(x_t, t)`, the signature samplers and `vlb_terms` take."""
 
