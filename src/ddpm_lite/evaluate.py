@@ -4,6 +4,8 @@ script that wrote the record (scripts/) and by a notebook that recomputes part o
 - `ddim_mixture_rows`: DDIM's S x eta grid on the 2-D mixture with the exact noise predictor (every error is the
   sampler's): sliced Wasserstein distance to the data, mean and standard error over trials, beside the data floor.
 - `ddim_mnist_rows`: the same grid on MNIST from a checkpoint, plus a DDPM-T reference row: offline digit metrics.
+- `fast_sampler_mnist_rows`: digit quality against network evaluations (NFE) for DDIM, Heun and DPM-Solver++ 2M, with
+  a DDPM-T reference row.
 - `toy_sample_report`: the CLI's verdict after training on 2-D data: sliced Wasserstein of DDPM samples against its
   data-vs-data floor.
 - `read_markdown_table`, `table_number`: a notebook reads the record's numbers from results/*.md instead of typing
@@ -93,6 +95,55 @@ def ddim_mnist_rows(checkpoint: str | os.PathLike, n: int, device: str = "cpu", 
                          steps=steps, eta=eta, n=n, frechet_distance=round(m.frechet_distance, 3),
                          confident_share=round(m.confident_share, 4), classes_covered=m.classes_covered,
                          seconds=round(time.perf_counter() - start, 1)))
+    return rows
+
+
+FAST_SAMPLERS = ("ddim", "heun", "dpmpp-2m")  # DDIM (eta = 0) and the solvers of ddpm_lite.solvers
+NFE_BUDGETS = (3, 5, 10, 20, 50)
+
+
+def solver_steps(sampler: str, budget: int) -> int:
+    """The most steps `sampler` takes within `budget` network evaluations: Heun's N steps cost 2N - 1, the others N."""
+    return (budget + 1) // 2 if sampler == "heun" else budget
+
+
+def fast_sampler_mnist_rows(checkpoint: str | os.PathLike, n: int, budgets: Sequence[int] = NFE_BUDGETS,
+                            samplers: Sequence[str] = FAST_SAMPLERS, spacing: str = "karras", batch: int = 50,
+                            ddpm: bool = True, device: str = "cpu", progress: bool = False) -> list[dict]:
+    """Digit quality against network evaluations (NFE): one row per (budget, sampler), plus a DDPM-T row first when
+    `ddpm`. DDIM runs with eta = 0 on its uniform (leading) spacing; Heun and DPM-Solver++ 2M on `spacing`, each with
+    the most steps its budget allows (`solver_steps`). Offline digit metrics of n samples (Frechet distance in the
+    course classifier's features, not Inception-FID; confident share; classes) against the training digits; samples
+    drawn `batch` at a time, batch k seeded 10 + its first row, the same noise for every cell; `seconds` is the
+    sampling's wall time."""
+    from ddpm_lite.solvers import fast_sample, nfe
+
+    model, schedule, config = load_for_sampling(checkpoint, device)
+    reference = load_mnist(train=True)[0].tensors[0]
+    classifier = load_digit_classifier()
+    cells = [("ddpm", config.T)] * ddpm + [(sampler, budget) for budget in budgets for sampler in samplers]
+    rows = []
+    for sampler, budget in tqdm(cells, desc=f"{Path(checkpoint).stem} cells", disable=not progress):
+        steps = config.T if sampler == "ddpm" else solver_steps(sampler, budget)
+        start = time.perf_counter()
+
+        def sample(batch_rows: slice, generator: torch.Generator) -> torch.Tensor:
+            shape = (len(range(n)[batch_rows]), 1, 28, 28)
+            if sampler == "ddpm":
+                return ddpm_sample(model, schedule, shape, generator=generator, progress=False)
+            if sampler == "ddim":
+                return ddim_sample(model, schedule, shape, steps=steps, generator=generator, progress=False)
+            return fast_sample(model, schedule, shape, solver=sampler, steps=steps, spacing=spacing,
+                               generator=generator, progress=False)
+
+        x = sample_in_batches(sample, n, batch, seed=10)
+        seconds = time.perf_counter() - start  # sampling only
+        m = digit_metrics(x.clamp(-1, 1), reference, classifier)
+        rows.append(dict(model=Path(checkpoint).stem, sampler=sampler,
+                         spacing={"ddpm": "all", "ddim": "uniform"}.get(sampler, spacing), budget=budget, steps=steps,
+                         nfe=steps if sampler in ("ddpm", "ddim") else nfe(sampler, steps), n=n,
+                         frechet_distance=round(m.frechet_distance, 3), confident_share=round(m.confident_share, 4),
+                         classes_covered=m.classes_covered, seconds=round(seconds, 1)))
     return rows
 
 

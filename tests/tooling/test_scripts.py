@@ -67,3 +67,32 @@ def test_gpu_throughput_rejects_bad_step_counts():
     command = [sys.executable, str(SCRIPTS / "gpu_throughput.py"), "--steps", "0", "--device", "cpu"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and "--steps must be at least 1, got 0" in finished.stderr
+
+
+def test_fast_samplers_mnist_runs_and_gives_each_sampler_its_budget(tmp_path):
+    """scripts/fast_samplers_mnist.py on the committed model, 4 samples a cell: within 3 and 10 evaluations Heun
+    takes 2 and 5 steps (3 and 9 NFE), DDIM and DPM-Solver++ 2M 3 and 10."""
+    out = tmp_path / "nfe.csv"
+    command = [sys.executable, str(SCRIPTS / "fast_samplers_mnist.py"), str(SCRIPTS.parent / "checkpoints" / "mnist.pt"),
+               "--n", "4", "--batch", "4", "--nfe", "3", "10", "--no-ddpm", "--out", str(out)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600).stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["sampler"], row["steps"], row["nfe"]) for row in rows] == [
+        ("ddim", "3", "3"), ("heun", "2", "3"), ("dpmpp-2m", "3", "3"),
+        ("ddim", "10", "10"), ("heun", "5", "9"), ("dpmpp-2m", "10", "10")]
+    assert all(float(row["frechet_distance"]) > 0 and row["n"] == "4" for row in rows)
+    assert "| mnist | dpmpp-2m | karras | 10 | 10 | 10 | 4 |" in printed
+
+
+def test_the_ratio_line_picks_the_best_sampler_within_ten_evaluations():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from fast_samplers_mnist import ratio_lines
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    rows = [dict(model="m", sampler="ddpm", budget=1000, steps=1000, nfe=1000, spacing="all", frechet_distance=10.0),
+            dict(model="m", sampler="ddim", budget=10, steps=10, nfe=10, spacing="uniform", frechet_distance=30.0),
+            dict(model="m", sampler="dpmpp-2m", budget=10, steps=10, nfe=10, spacing="karras", frechet_distance=14.0),
+            dict(model="m", sampler="heun", budget=20, steps=10, nfe=19, spacing="karras", frechet_distance=11.0)]
+    assert ratio_lines(rows) == ["m: best at 10 NFE is dpmpp-2m (10 NFE, karras), Frechet 14.00 against DDPM-1000 "
+                                 "10.00: ratio 1.40 (goal <= 1.5)"]
