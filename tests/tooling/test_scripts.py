@@ -63,6 +63,12 @@ def test_gpu_throughput_compares_ddpm_cifar10_networks_of_the_papers_size():
     assert counts == [35_746_307, 35_746_307]  # DDPM's CIFAR-10 network: 35.7 M parameters (Ho et al. 2020, sec. 4)
 
 
+def test_fast_samplers_mnist_rejects_an_unknown_spacing_before_sampling():
+    command = [sys.executable, str(SCRIPTS / "fast_samplers_mnist.py"), "missing.pt", "--spacing", "karras", "cosine"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "--spacing must be among" in finished.stderr and "'cosine'" in finished.stderr
+
+
 def test_gpu_throughput_rejects_bad_step_counts():
     command = [sys.executable, str(SCRIPTS / "gpu_throughput.py"), "--steps", "0", "--device", "cpu"]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -71,15 +77,17 @@ def test_gpu_throughput_rejects_bad_step_counts():
 
 def test_fast_samplers_mnist_runs_and_gives_each_sampler_its_budget(tmp_path):
     """scripts/fast_samplers_mnist.py on the committed model, 4 samples a cell: within 3 and 10 evaluations Heun
-    takes 2 and 5 steps (3 and 9 NFE), DDIM and DPM-Solver++ 2M 3 and 10."""
+    takes 2 and 5 steps (3 and 9 NFE), DDIM and DPM-Solver++ 2M 3 and 10; the second grid repeats the solvers only."""
     out = tmp_path / "nfe.csv"
     command = [sys.executable, str(SCRIPTS / "fast_samplers_mnist.py"), str(SCRIPTS.parent / "checkpoints" / "mnist.pt"),
-               "--n", "4", "--batch", "4", "--nfe", "3", "10", "--no-ddpm", "--out", str(out)]
+               "--n", "4", "--batch", "4", "--nfe", "3", "10", "--spacing", "karras", "trailing", "--no-ddpm", "--out", str(out)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600).stdout
     rows = list(csv.DictReader(out.open()))
-    assert [(row["sampler"], row["steps"], row["nfe"]) for row in rows] == [
-        ("ddim", "3", "3"), ("heun", "2", "3"), ("dpmpp-2m", "3", "3"),
-        ("ddim", "10", "10"), ("heun", "5", "9"), ("dpmpp-2m", "10", "10")]
+    assert [(row["sampler"], row["spacing"], row["steps"], row["nfe"]) for row in rows] == [
+        ("ddim", "uniform", "3", "3"), ("heun", "karras", "2", "3"), ("dpmpp-2m", "karras", "3", "3"),
+        ("ddim", "uniform", "10", "10"), ("heun", "karras", "5", "9"), ("dpmpp-2m", "karras", "10", "10"),
+        ("heun", "trailing", "2", "3"), ("dpmpp-2m", "trailing", "3", "3"),
+        ("heun", "trailing", "5", "9"), ("dpmpp-2m", "trailing", "10", "10")]
     assert all(float(row["frechet_distance"]) > 0 and row["n"] == "4" for row in rows)
     assert "| mnist | dpmpp-2m | karras | 10 | 10 | 10 | 4 |" in printed
 
