@@ -34,6 +34,8 @@ SOLVED = [  # (checker, solution file, function)
     ("check_score_from_eps", "08_score_sde", "your_score_from_eps"),
     ("check_tweedie_x0", "08_score_sde", "your_tweedie_x0"),
     ("check_guided_eps", "09_guidance", "your_guided_eps"),
+    ("check_heun_step", "10_fast_sampling", "your_heun_step"),
+    ("check_dpmpp_2m_step", "10_fast_sampling", "your_dpmpp_2m_step"),
 ]
 
 
@@ -57,7 +59,8 @@ def test_the_solution_passes(check, notebook, name, capsys):
     """Every exercise's equation against the library, through its checker: eq:reparam (q_sample), eq:posterior-mean
     and eq:posterior-variance (q_posterior), eq:gaussian-kl (normal_kl), eq:l-simple (the loss), eq:ddpm-step with
     eq:reverse-variance-choices (ddpm_step), eq:ddim-step with eq:ddim-sigma (ddim_step), eq:score-from-eps,
-    eq:tweedie (the score view, where eq:predict-x0 names the usual confusion), eq:cfg (guidance)."""
+    eq:tweedie (the score view, where eq:predict-x0 names the usual confusion), eq:cfg (guidance), eq:heun-step and
+    eq:dpmpp-2m (the solvers of notebook 10)."""
     assert getattr(exercises, check)(solution(notebook, name)) is True
     out = capsys.readouterr().out
     assert out.startswith(f"{check}: {name} matches ") and out.count("\n") == 1
@@ -213,6 +216,32 @@ def guided_swapped(eps_cond, eps_uncond, w):
     return (1 + w) * eps_uncond - w * eps_cond
 
 
+def heun_without_average(x_bar, sigma, sigma_next, eps, eps_next):
+    """Euler's step: the slope at the Euler point is computed and then not used."""
+    return x_bar + (sigma_next - sigma) * eps
+
+
+def heun_step_the_wrong_way(x_bar, sigma, sigma_next, eps, eps_next):
+    return x_bar + (sigma - sigma_next) * (eps + eps_next) / 2
+
+
+def dpmpp_first_order(x_bar, sigma, sigma_next, denoised, denoised_prev, sigma_prev):
+    """DPM-Solver++ 1 (= DDIM): the previous data prediction left out."""
+    return (sigma_next / sigma) * x_bar + (1 - sigma_next / sigma) * denoised
+
+
+def dpmpp_r_upside_down(x_bar, sigma, sigma_next, denoised, denoised_prev, sigma_prev):
+    r = math.log(sigma / sigma_next) / math.log(sigma_prev / sigma)  # h / h_prev
+    return (sigma_next / sigma) * x_bar + (1 - sigma_next / sigma) * ((1 + 1 / (2 * r)) * denoised
+                                                                      - denoised_prev / (2 * r))
+
+
+def dpmpp_steps_in_sigma(x_bar, sigma, sigma_next, denoised, denoised_prev, sigma_prev):
+    r = (sigma_prev - sigma) / (sigma - sigma_next)
+    return (sigma_next / sigma) * x_bar + (1 - sigma_next / sigma) * ((1 + 1 / (2 * r)) * denoised
+                                                                      - denoised_prev / (2 * r))
+
+
 WRONG = [  # (checker, wrong version, fragments the message must contain)
     ("check_q_sample", q_sample_without_root, ["coefficient of x_0", "sqrt(alpha_bar[t]) without the square root"]),
     ("check_q_sample", q_sample_with_beta, ["coefficient of eps", "with alpha[t] in place of alpha_bar[t]"]),
@@ -243,6 +272,13 @@ WRONG = [  # (checker, wrong version, fragments the message must contain)
     ("check_guided_eps", guided_as_scale, ["coefficient of eps_cond is 0 where Ho & Salimans 2022 eq. 6 has 1 + w",
                                            "with s = w"]),
     ("check_guided_eps", guided_swapped, ["coefficient of eps_uncond", "are the two swapped?"]),
+    ("check_heun_step", heun_without_average,
+     ["coefficient of eps is", "Euler's step, without the average", "coefficient of eps_next is 0 ", "missing"]),
+    ("check_heun_step", heun_step_the_wrong_way, ["coefficient of eps ", "the step sigma_next - sigma is negative"]),
+    ("check_dpmpp_2m_step", dpmpp_first_order,
+     ["coefficient of denoised is", "the first-order step (DDIM)", "coefficient of denoised_prev is 0 "]),
+    ("check_dpmpp_2m_step", dpmpp_r_upside_down, ["coefficient of denoised ", "r upside down"]),
+    ("check_dpmpp_2m_step", dpmpp_steps_in_sigma, ["coefficient of denoised ", "measured in sigma"]),
 ]
 
 

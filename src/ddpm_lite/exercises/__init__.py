@@ -12,6 +12,8 @@ Where each checker lives (each module's docstring lists its checkers' signatures
                           the timestep embedding)
     sampling              notebooks 06-09: check_ddpm_step, check_ddim_step, check_score_from_eps,
                           check_tweedie_x0, check_guided_eps (DDPM and DDIM steps, the score, guidance)
+    solvers               notebook 10: check_heun_step, check_dpmpp_2m_step (steps of EDM's Heun sampler and of
+                          DPM-Solver++ 2M in the sigma view)
     _engine               the grading engine: calling your function safely, comparing, and naming the mistake
     _inputs               the inputs the checkers share: schedules, timesteps, tables, the usual slips, stand-ins
 """
@@ -22,7 +24,8 @@ from ddpm_lite.exercises.forward_and_training import (
 from ddpm_lite.exercises.sampling import (
     check_ddim_step, check_ddpm_step, check_guided_eps, check_score_from_eps, check_tweedie_x0,
 )
+from ddpm_lite.exercises.solvers import check_dpmpp_2m_step, check_heun_step
 
-__all__ = ["check_ddim_step", "check_ddpm_loss", "check_ddpm_step", "check_guided_eps", "check_normal_kl",
-           "check_q_posterior", "check_q_sample", "check_score_from_eps", "check_timestep_embedding",
-           "check_tweedie_x0"]
+__all__ = ["check_ddim_step", "check_ddpm_loss", "check_ddpm_step", "check_dpmpp_2m_step", "check_guided_eps",
+           "check_heun_step", "check_normal_kl", "check_q_posterior", "check_q_sample", "check_score_from_eps",
+           "check_timestep_embedding", "check_tweedie_x0"]
