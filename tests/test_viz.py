@@ -19,6 +19,7 @@ from ddpm_lite.viz import (  # noqa: E402
     image_grid,
     plot_schedules,
     sampler_slider,
+    solver_slider,
     show_images,
     xt_frame,
     xt_slider,
@@ -154,6 +155,29 @@ def test_sampler_slider_calls_the_sampler_with_each_setting():
     assert calls == [(20, 0.0), (50, 0.0), (50, 1.0)]
     with pytest.raises(ValueError, match="at least one"):
         sampler_slider(sample, steps=[], etas=[0.0])
+
+
+def test_solver_slider_calls_the_sampler_with_each_solver_and_budget():
+    calls = []
+
+    def sample(solver, nfe):
+        calls.append((solver, nfe))
+        return torch.zeros(4, 1, 8, 8)
+
+    box = solver_slider(sample, ["euler", "heun", "dpmpp-2m"], [3, 10, 20], value=("heun", 10))
+    controls, output = box.children
+    solver, budget = controls.children
+    assert isinstance(output, widgets.Output) and calls == [("heun", 10)]
+    assert (solver.description, budget.description) == ("solver", "NFE")
+    solver.value = "dpmpp-2m"
+    budget.value = 3
+    assert calls == [("heun", 10), ("dpmpp-2m", 10), ("dpmpp-2m", 3)]
+    solver_slider(sample, ["euler"], [3, 10, 20])
+    assert calls[-1] == ("euler", 10)  # by default the first solver at the middle budget
+    with pytest.raises(ValueError, match="at least one"):
+        solver_slider(sample, [], [3])
+    with pytest.raises(ValueError, match="value must be one of"):
+        solver_slider(sample, ["euler"], [3], value=("heun", 3))
 
 
 def test_show_images_draws_colour_batches_in_their_colours():

@@ -260,6 +260,28 @@ def show_samples(x: Tensor, ax: Axes, title: str, *, nrow: int = 8, s: float = 2
     return ax
 
 
+def _two_sliders(sample: Callable, first: tuple[str, Sequence, object], second: tuple[str, Sequence, object],
+                 caption: Callable[[object, object], str], nrow: int):
+    """Two selection sliders, each (description, options, initial value), that redraw sample(first, second) under
+    caption(first, second); core widgets only."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    sliders = [widgets.SelectionSlider(options=list(options), value=value, description=description,
+                                       continuous_update=False, layout=SLIDER_HALF)
+               for description, options, value in (first, second)]
+
+    def redraw(a, b) -> None:
+        x = sample(a, b).detach().cpu()
+        fig, ax = plt.subplots(figsize=(4.2, 4.4), layout="constrained")
+        show_samples(x, ax, caption(a, b), nrow=nrow, s=1, limit=POINT_LIMIT)
+        display(fig)
+        plt.close(fig)
+
+    output = widgets.interactive_output(redraw, {"a": sliders[0], "b": sliders[1]})
+    return widgets.VBox([widgets.HBox(sliders), output])
+
+
 def sampler_slider(sample: Callable[[int, float], Tensor], steps: Sequence[int], etas: Sequence[float], *,
                    nrow: int = 4, title: str = "DDIM"):
     """Sliders for the number of sampling steps S and for eta that redraw `sample(S, eta)`; core widgets only.
@@ -267,25 +289,25 @@ def sampler_slider(sample: Callable[[int, float], Tensor], steps: Sequence[int],
     sample(S, eta) -> images (B, 1, H, W) in [-1, 1] (clamped for display) or points (N, 2). Keep it quick (few
     images, the same starting noise for every setting) so that the picture follows the sliders.
     """
-    import ipywidgets as widgets
-    from IPython.display import display
-
     if not steps or not etas:
         raise ValueError("steps and etas must each offer at least one value")
-    steps_slider = widgets.SelectionSlider(options=list(steps), value=steps[len(steps) // 2], description="steps S",
-                                           continuous_update=False, layout=SLIDER_HALF)
-    eta_slider = widgets.SelectionSlider(options=list(etas), value=etas[0], description="eta",
-                                         continuous_update=False, layout=SLIDER_HALF)
+    return _two_sliders(sample, ("steps S", steps, steps[len(steps) // 2]), ("eta", etas, etas[0]),
+                        lambda S, eta: f"{title}, S = {S}, eta = {eta}", nrow)
 
-    def redraw(S: int, eta: float) -> None:
-        x = sample(S, eta).detach().cpu()
-        fig, ax = plt.subplots(figsize=(4.2, 4.4), layout="constrained")
-        show_samples(x, ax, f"{title}, S = {S}, eta = {eta}", nrow=nrow, s=1, limit=POINT_LIMIT)
-        display(fig)
-        plt.close(fig)
 
-    output = widgets.interactive_output(redraw, {"S": steps_slider, "eta": eta_slider})
-    return widgets.VBox([widgets.HBox([steps_slider, eta_slider]), output])
+def solver_slider(sample: Callable[[str, int], Tensor], solvers: Sequence[str], nfes: Sequence[int], *,
+                  nrow: int = 4, title: str = "", value: tuple[str, int] | None = None):
+    """Sliders for the solver and the number of network evaluations (NFE) that redraw `sample(solver, nfe)`; core
+    widgets only. sample(solver, nfe) -> images (B, 1, H, W) in [-1, 1] or points (N, 2); `value` is the initial
+    (solver, nfe), by default the first solver at the middle budget."""
+    if not solvers or not nfes:
+        raise ValueError("solvers and nfes must each offer at least one value")
+    solver, nfe = value or (solvers[0], nfes[len(nfes) // 2])
+    if solver not in solvers or nfe not in nfes:
+        raise ValueError(f"value must be one of the solvers and nfes offered, got {value!r}")
+    prefix = f"{title}, " if title else ""
+    return _two_sliders(sample, ("solver", solvers, solver), ("NFE", nfes, nfe),
+                        lambda name, budget: f"{prefix}{name}, {budget} NFE", nrow)
 
 
 def grid_slider(grids: Mapping[float, Tensor], *, description: str, title: Callable[[float], str], nrow: int = 8,

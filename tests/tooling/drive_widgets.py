@@ -3,7 +3,7 @@
     python tests/tooling/drive_widgets.py   # prints one JSON object: the ipywidgets version and what each widget did
 
 Run by tests/tooling/test_widget_versions.py under ipywidgets 8.x (the course's environment) and 7.7.x (what Colab
-ships). The widgets are the course's: `ddpm_lite.viz`'s sliders (notebooks 01, 06, 07 and 09) and the tqdm progress
+ships). The widgets are the course's: `ddpm_lite.viz`'s sliders (notebooks 01, 06, 07, 09 and 10) and the tqdm progress
 bars every sampler and training run shows in a notebook. Each redraw goes through IPython's `display`, which is
 recorded here, so a callback that never fires shows in the counts; the sampler slider also records the settings
 it was called with.
@@ -21,7 +21,7 @@ shown: list[object] = []
 IPython.display.display = lambda *objects, **kwargs: shown.extend(objects)  # the viz functions import it at call time
 
 from ddpm_lite.schedules import NoiseSchedule  # noqa: E402  (after the patch, as a notebook would import it)
-from ddpm_lite.viz import grid_slider, sampler_slider, trajectory_slider, xt_slider  # noqa: E402
+from ddpm_lite.viz import grid_slider, sampler_slider, solver_slider, trajectory_slider, xt_slider  # noqa: E402
 
 
 def redraws(action) -> int:
@@ -55,6 +55,20 @@ steps_slider, eta_slider = box.children[0].children
 report["sampler_slider"] = [redraws(lambda: setattr(steps_slider, "value", 50)),
                             redraws(lambda: setattr(eta_slider, "value", 1.0))]
 report["sampler_calls"] = calls
+
+solver_calls = []
+
+
+def sample_solver(solver: str, nfe: int) -> torch.Tensor:
+    solver_calls.append([solver, nfe])
+    return torch.zeros(4, 1, 8, 8)
+
+
+box = solver_slider(sample_solver, ["euler", "heun"], [3, 10])
+solver_choice, nfe_slider = box.children[0].children
+report["solver_slider"] = [redraws(lambda: setattr(solver_choice, "value", "heun")),
+                           redraws(lambda: setattr(nfe_slider, "value", 3))]
+report["solver_calls"] = solver_calls
 
 box = grid_slider({0.0: torch.zeros(6, 1, 8, 8), 3.0: torch.ones(6, 1, 8, 8)}, description="w", nrow=3,
                   title=lambda w: f"w = {w:g}")

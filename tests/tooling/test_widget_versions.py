@@ -20,7 +20,8 @@ import pytest
 DRIVER = Path(__file__).with_name("drive_widgets.py")
 EXPECTED = {  # redraws per slider move, the sampler's calls, and a finished progress bar
     "xt_slider": [1, 1], "trajectory_slider": [1], "sampler_slider": [1, 1], "grid_slider": [1],
-    "sampler_calls": [[20, 0.0], [50, 0.0], [50, 1.0]], "progress_bar": ["TqdmHBox", 5, 5],
+    "sampler_calls": [[20, 0.0], [50, 0.0], [50, 1.0]], "solver_slider": [1, 1],
+    "solver_calls": [["euler", 10], ["heun", 10], ["heun", 3]], "progress_bar": ["TqdmHBox", 5, 5],
 }
 
 
