@@ -17,7 +17,9 @@ from torch.testing import assert_close
 
 from ddpm_lite.data import load_mnist
 from ddpm_lite.digits import DigitClassifier, DigitMetrics, conditional_metrics, digit_metrics, load_digit_classifier
-from ddpm_lite.metrics import frechet_distance, nearest_neighbours, sliced_wasserstein, sliced_wasserstein_floor
+from ddpm_lite.metrics import (
+    frechet_distance, frechet_distance_se, nearest_neighbours, sliced_wasserstein, sliced_wasserstein_floor,
+)
 from ddpm_lite.mixture import gaussian_mixture
 
 if sys.version_info >= (3, 11):
@@ -192,6 +194,29 @@ def test_frechet_distance_between_two_samples_of_one_gaussian_is_its_small_sampl
     assert 0.3 * expected < frechet_distance(a, b) < 3 * expected
 
 
+def test_frechet_distance_se_matches_the_spread_over_fresh_draws():
+    """The bootstrap SE from one set of 300 Gaussian points is near the standard deviation of the distance over 40
+    fresh sets (its sampling distribution), within a factor 1.6; at 4x the points it is about half as large."""
+    g = torch.Generator().manual_seed(0)
+    shift = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    reference = torch.randn(5000, 4, generator=g)
+    fresh = [frechet_distance(torch.randn(300, 4, generator=g) + shift, reference) for _ in range(40)]
+    spread = torch.tensor(fresh).std().item()
+    se = frechet_distance_se(torch.randn(300, 4, generator=g) + shift, reference, resamples=200)
+    assert spread / 1.6 < se < spread * 1.6, (se, spread)
+    se_1200 = frechet_distance_se(torch.randn(1200, 4, generator=g) + shift, reference, resamples=200)
+    assert 0.3 < se_1200 / se < 0.75, (se_1200, se)
+
+
+def test_frechet_distance_se_is_zero_for_a_set_of_one_repeated_point_and_rejects_bad_input():
+    a = torch.ones(50, 3)
+    assert frechet_distance_se(a, torch.randn(100, 3, generator=torch.Generator().manual_seed(1))) < 1e-9
+    with pytest.raises(ValueError, match="resamples"):
+        frechet_distance_se(a, a, resamples=1)
+    with pytest.raises(ValueError, match="features_a"):
+        frechet_distance_se(torch.zeros(1, 3), a)
+
+
 def test_frechet_distance_rejects_bad_input_naming_the_argument():
     with pytest.raises(ValueError, match="^features_b must have width 4"):
         frechet_distance(torch.zeros(10, 4), torch.zeros(10, 5))
@@ -288,6 +313,19 @@ def test_digit_metrics_is_frozen_and_prints_a_summary(real_metrics):
         real_metrics.n = 0
     text = str(real_metrics)
     assert "not FID" in text and "10/10" in text and f"{real_metrics.n:,}" in text
+
+
+def test_digit_metrics_gives_a_bootstrap_standard_error_on_request(classifier, mnist, real_metrics):
+    """With resamples=100 the Frechet distance itself is unchanged and its SE is positive and smaller than the gap
+    between real digits and noise; by default no SE is computed."""
+    train_images, test_images, _, _ = mnist
+    with_se = digit_metrics(test_images, train_images, classifier, resamples=100)
+    assert real_metrics.frechet_se is None
+    assert with_se.frechet_distance == real_metrics.frechet_distance
+    assert 0 < with_se.frechet_se < real_metrics.frechet_distance
+    assert "bootstrap SE" in str(with_se) and "bootstrap SE" not in str(real_metrics)
+    with pytest.raises(ValueError, match="^resamples must"):
+        digit_metrics(test_images, train_images, classifier, resamples=1)
 
 
 def test_digit_metrics_rejects_bad_input_naming_the_argument(classifier):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ddpm_lite.checks import check_positive_int, check_samples
-from ddpm_lite.metrics import frechet_distance
+from ddpm_lite.metrics import frechet_distance, frechet_distance_se
 
 CONFIDENCE_THRESHOLD = 0.9  # a prediction is "confident" when its max softmax probability is at least this
 PIXEL_TOLERANCE = 1e-6  # float round-off allowed beyond [-1, 1] (e.g. x / 127.5 - 1 in float32)
@@ -86,13 +86,16 @@ class DigitMetrics:
     classes_covered: int  # classes in 0..9 predicted confidently (max prob >= CONFIDENCE_THRESHOLD) at least once
     n: int  # number of generated images
     n_reference: int  # number of reference images
+    frechet_se: float | None = None  # bootstrap standard error of frechet_distance (digit_metrics(resamples=...))
 
     def table(self) -> str:
         """A short human-readable summary, one quantity per line."""
         histogram = " ".join(f"{count}" for count in self.class_histogram)
         return "\n".join([
             f"generated digits            {self.n:,} (reference: {self.n_reference:,} real digits)",
-            f"Frechet distance            {self.frechet_distance:.4g}  (MNIST-classifier features; not FID)",
+            f"Frechet distance            {self.frechet_distance:.4g}"
+            + ("" if self.frechet_se is None else f" +- {self.frechet_se:.2g} (bootstrap SE)")
+            + "  (MNIST-classifier features; not FID)",
             f"confident (max p >= {CONFIDENCE_THRESHOLD:g})    {100 * self.confident_share:.1f}%",
             f"classes covered (confident) {self.classes_covered}/10",
             f"predicted class counts 0-9  {histogram}",
@@ -142,20 +145,26 @@ def _features_and_probabilities(classifier: DigitClassifier, images: Tensor, bat
 
 
 def digit_metrics(
-    images: Tensor, reference: Tensor, classifier: DigitClassifier | None = None, *, batch_size: int = 500
+    images: Tensor, reference: Tensor, classifier: DigitClassifier | None = None, *, batch_size: int = 500,
+    resamples: int = 0,
 ) -> DigitMetrics:
     """Frechet distance to real digits, confident share and class coverage of generated digits.
 
     images: (N, 1, 28, 28) generated digits in [-1, 1] (clamp raw samples first, as when displaying them);
     reference: (M, 1, 28, 28) real digits, e.g. `load_mnist(train=True)[0].tensors[0]`; N, M >= 2.
     classifier: default `load_digit_classifier()`. Runs in batches of `batch_size` on the classifier's device.
+    resamples: when >= 2, also the Frechet distance's bootstrap standard error over that many resamplings of the
+    generated images (`metrics.frechet_distance_se`, seed 0); 0 (the default) leaves `frechet_se` None.
     Not Inception-FID: see `DigitMetrics`.
     """
+    if resamples != 0:
+        check_positive_int("resamples", resamples, minimum=2)
     features, probabilities, reference_features = _read(classifier, images, reference, batch_size)
     confidence, predicted = probabilities.max(dim=1)
     confident = confidence >= CONFIDENCE_THRESHOLD
     return DigitMetrics(
         frechet_distance=frechet_distance(features, reference_features),
+        frechet_se=frechet_distance_se(features, reference_features, resamples=resamples) if resamples else None,
         confident_share=float(confident.double().mean()),
         class_histogram=tuple(int(c) for c in torch.bincount(predicted, minlength=10)),
         classes_covered=int(predicted[confident].unique().numel()),

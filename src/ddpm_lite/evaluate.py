@@ -113,7 +113,8 @@ def fast_sampler_mnist_rows(checkpoint: str | os.PathLike, n: int, budgets: Sequ
     """Digit quality against network evaluations (NFE): one row per (budget, sampler), plus a DDPM-T row first when
     `ddpm`. DDIM runs with eta = 0 on its uniform (leading) spacing; Heun and DPM-Solver++ 2M on `spacing`, each with
     the most steps its budget allows (`solver_steps`). Offline digit metrics of n samples (Frechet distance in the
-    course classifier's features, not Inception-FID; confident share; classes) against the training digits; samples
+    course classifier's features, not Inception-FID, with its bootstrap standard error `frechet_se` over 100
+    resamplings of the n samples; confident share; classes) against the training digits; samples
     drawn `batch` at a time, batch k seeded 10 + its first row, the same noise for every cell; `seconds` is the
     sampling's wall time."""
     from ddpm_lite.solvers import fast_sample, nfe
@@ -138,11 +139,12 @@ def fast_sampler_mnist_rows(checkpoint: str | os.PathLike, n: int, budgets: Sequ
 
         x = sample_in_batches(sample, n, batch, seed=10)
         seconds = time.perf_counter() - start  # sampling only
-        m = digit_metrics(x.clamp(-1, 1), reference, classifier)
+        m = digit_metrics(x.clamp(-1, 1), reference, classifier, resamples=100)
         rows.append(dict(model=Path(checkpoint).stem, sampler=sampler,
                          spacing={"ddpm": "all", "ddim": "uniform"}.get(sampler, spacing), budget=budget, steps=steps,
                          nfe=steps if sampler in ("ddpm", "ddim") else nfe(sampler, steps), n=n,
-                         frechet_distance=round(m.frechet_distance, 3), confident_share=round(m.confident_share, 4),
+                         frechet_distance=round(m.frechet_distance, 3), frechet_se=round(m.frechet_se, 3),
+                         confident_share=round(m.confident_share, 4),
                          classes_covered=m.classes_covered, seconds=round(seconds, 1)))
     return rows
 

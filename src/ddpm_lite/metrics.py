@@ -125,6 +125,24 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     return float(distance.clamp(min=0))  # >= 0 in exact arithmetic; clamp round-off when both sets are equal
 
 
+
+def frechet_distance_se(features_a: Tensor, features_b: Tensor, *, resamples: int = 100,
+                        generator: torch.Generator | None = None) -> float:
+    """Bootstrap standard error of `frechet_distance(features_a, features_b)` for a fresh draw of set a.
+
+    The standard deviation of the distance over `resamples` resamplings of features_a's N rows with replacement
+    (Efron and Tibshirani 1993, Algorithm 6.1), features_b held fixed: the sampling noise of the generated set, the
+    larger term when the reference set is the bigger one. `generator` picks the resampled rows (default: seed 0).
+    """
+    check_samples("features_a", features_a, "a (N, F) tensor with N >= 2 samples",
+                  lambda f: f.dim() == 2 and f.shape[0] >= 2)
+    check_positive_int("resamples", resamples, minimum=2)  # a standard deviation needs two resamples
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
+    n = features_a.shape[0]
+    distances = [frechet_distance(features_a[torch.randint(n, (n,), generator=generator).to(features_a.device)],
+                                  features_b) for _ in range(resamples)]
+    return stdev(distances)
+
 # ---------------------------------------------------------------------------------------------------- nearest
 def nearest_neighbours(x: Tensor, reference: Tensor, *, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """Euclidean distance from each row of x to its nearest row of reference, and that row's index.

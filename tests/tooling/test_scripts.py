@@ -88,7 +88,7 @@ def test_fast_samplers_mnist_runs_and_gives_each_sampler_its_budget(tmp_path):
         ("ddim", "uniform", "10", "10"), ("heun", "karras", "5", "9"), ("dpmpp-2m", "karras", "10", "10"),
         ("heun", "trailing", "2", "3"), ("dpmpp-2m", "trailing", "3", "3"),
         ("heun", "trailing", "5", "9"), ("dpmpp-2m", "trailing", "10", "10")]
-    assert all(float(row["frechet_distance"]) > 0 and row["n"] == "4" for row in rows)
+    assert all(float(row["frechet_distance"]) > 0 and float(row["frechet_se"]) > 0 and row["n"] == "4" for row in rows)
     assert "| mnist | dpmpp-2m | karras | 10 | 10 | 10 | 4 |" in printed
 
 
@@ -98,9 +98,12 @@ def test_the_ratio_line_picks_the_best_sampler_within_ten_evaluations():
         from fast_samplers_mnist import ratio_lines
     finally:
         sys.path.remove(str(SCRIPTS))
-    rows = [dict(model="m", sampler="ddpm", budget=1000, steps=1000, nfe=1000, spacing="all", frechet_distance=10.0),
-            dict(model="m", sampler="ddim", budget=10, steps=10, nfe=10, spacing="uniform", frechet_distance=30.0),
-            dict(model="m", sampler="dpmpp-2m", budget=10, steps=10, nfe=10, spacing="karras", frechet_distance=14.0),
-            dict(model="m", sampler="heun", budget=20, steps=10, nfe=19, spacing="karras", frechet_distance=11.0)]
-    assert ratio_lines(rows) == ["m: best at 10 NFE is dpmpp-2m (10 NFE, karras), Frechet 14.00 against DDPM-1000 "
-                                 "10.00: ratio 1.40 (goal <= 1.5)"]
+    def row(sampler, budget, steps, nfe, spacing, distance, se):
+        return dict(model="m", sampler=sampler, budget=budget, steps=steps, nfe=nfe, spacing=spacing,
+                    frechet_distance=distance, frechet_se=se)
+
+    rows = [row("ddpm", 1000, 1000, 1000, "all", 10.0, 0.3), row("ddim", 10, 10, 10, "uniform", 30.0, 1.0),
+            row("dpmpp-2m", 10, 10, 10, "karras", 14.0, 0.56), row("heun", 20, 10, 19, "karras", 11.0, 0.4)]
+    # ratio 1.4, relative SEs 0.03 and 0.04: 1.4 * hypot(0.03, 0.04) = 1.4 * 0.05 = 0.07
+    assert ratio_lines(rows) == ["m: best at 10 NFE is dpmpp-2m (10 NFE, karras), Frechet 14.00 +- 0.56 against "
+                                 "DDPM-1000 10.00 +- 0.30: ratio 1.40 +- 0.07 (goal <= 1.5)"]
