@@ -93,7 +93,7 @@ def training_images_per_second(config: TrainConfig, images: torch.Tensor, warm: 
     """Images/s of `train` itself (AdamW, clipping, EMA included) over `measured` steps after `warm` steps."""
     marks = {}
     train(config, images, steps=warm + measured, device="cpu", progress=False,
-          callback=lambda step, _: marks.__setitem__(step, time.perf_counter()))
+          callback=lambda step, *_: marks.__setitem__(step, time.perf_counter()))
     return measured * config.batch_size / (marks[warm + measured] - marks[warm])
 
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from ddpm_lite.checkpoints import config_to_dict
 from ddpm_lite.configs import CONFIGS
 from ddpm_lite.models import count_parameters
@@ -107,3 +109,17 @@ def test_the_ratio_line_picks_the_best_sampler_within_ten_evaluations():
     # ratio 1.4, relative SEs 0.03 and 0.04: 1.4 * hypot(0.03, 0.04) = 1.4 * 0.05 = 0.07
     assert ratio_lines(rows) == ["m: best at 10 NFE is dpmpp-2m (10 NFE, karras), Frechet 14.00 +- 0.56 against "
                                  "DDPM-1000 10.00 +- 0.30: ratio 1.40 +- 0.07 (goal <= 1.5)"]
+
+
+def test_tune_mnist_times_the_training_loop_through_its_callback():
+    """`tune_mnist.py speed` reads the clock in `train`'s callback(step, model, ema) after each step."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from tune_mnist import training_images_per_second
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    config = dataclasses.replace(CONFIGS["mnist-ddpm"], batch_size=2, warmup=1)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, base_channels=8, channel_mults=(1,),
+                                                                   attention_resolutions=()))
+    images = torch.randn(4, 1, 28, 28)
+    assert training_images_per_second(config, images, warm=1, measured=2) > 0
