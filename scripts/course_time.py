@@ -7,6 +7,11 @@ as working directory; this does the same through nbclient, without writing anyth
 of seconds per notebook and the total against the course's budget (BUDGET_SECONDS below). Run it on a quiet machine: other
 processes on the same cores slow every notebook down. OMP_NUM_THREADS is set to `--threads` for the kernels.
 `--slowest N` adds a table of the N slowest cells of the course, to show where the time goes.
+
+Machines of the same kind differ in speed, so before the notebooks it measures two fixed workloads on `--threads`
+threads and prints them with the table: the float32 matrix-product peak (`quality_per_minute.matmul_peak_gflops`) and
+the `mnist` preset's UNet in sampling calls (batch 32, `tune_mnist.sampling_images_per_second`). Two records compare
+through them.
 """
 
 from __future__ import annotations
@@ -17,9 +22,14 @@ from datetime import datetime
 from pathlib import Path
 
 import nbformat
+import torch
 from nbclient import NotebookClient
+from quality_per_minute import matmul_peak_gflops
+from tune_mnist import sampling_images_per_second
 
+from ddpm_lite.configs import CONFIGS
 from ddpm_lite.evaluate import machine_line, script_parser, write_rows
+from ddpm_lite.models import make_model
 
 # The course's budget: every notebook, top to bottom, in 10 minutes on a 2-core laptop CPU 2.5 times slower than the
 # 2-core machine of the record (results/benchmarks.md), which is 240 s there.
@@ -44,6 +54,16 @@ def run(path: Path, timeout: int) -> tuple[float, list[tuple[float, int, str]]]:
     return seconds, cells
 
 
+def machine_speed(threads: int) -> str:
+    """The two calibration workloads on `threads` threads, as one line."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    unet = make_model(CONFIGS["mnist"].model).eval()
+    return (f"machine speed on {threads} threads: float32 matmul peak {matmul_peak_gflops():.1f} GFLOP/s; the `mnist` "
+            f"preset's UNet {sampling_images_per_second(unet, 'inference_mode'):.0f} images/s in sampling calls "
+            "(batch 32, best of 3)")
+
+
 def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("notebooks", nargs="*", type=Path)
@@ -52,7 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by the kernels nbclient starts
     notebooks = args.notebooks or sorted(Path(__file__).resolve().parent.parent.glob("notebooks/[0-9]*.ipynb"))
-    print(f"{machine_line(args.threads)} (OMP_NUM_THREADS for the kernels)\n")
+    print(f"{machine_line(args.threads)} (OMP_NUM_THREADS for the kernels)")
+    print(f"{machine_speed(args.threads)}\n")
     print("| notebook | seconds |\n|---|---|")
     rows, cells = [], []
     for path in notebooks:

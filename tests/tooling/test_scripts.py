@@ -123,3 +123,16 @@ def test_tune_mnist_times_the_training_loop_through_its_callback():
                                                                    attention_resolutions=()))
     images = torch.randn(4, 1, 28, 28)
     assert training_images_per_second(config, images, warm=1, measured=2) > 0
+
+
+def test_course_time_prints_the_machine_speed_and_times_each_notebook(tmp_path):
+    import nbformat
+
+    notebook = tmp_path / "01_tiny.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(0.5)")]), notebook)
+    command = [sys.executable, str(SCRIPTS / "course_time.py"), "--threads", "1", "--slowest", "1", str(notebook)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    assert "machine speed on 1 threads: float32 matmul peak " in printed and " images/s in sampling calls" in printed
+    seconds = float(printed.split("| 01_tiny | ")[1].split(" |")[0])
+    assert seconds >= 0.5 and f"total_seconds={seconds:.1f} within_budget=True" in printed
+    assert "| 0 | `import time` |" in printed
