@@ -129,10 +129,26 @@ def test_course_time_prints_the_machine_speed_and_times_each_notebook(tmp_path):
     import nbformat
 
     notebook = tmp_path / "01_tiny.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time\ntime.sleep(0.5)")]), notebook)
+    cell = nbformat.v4.new_code_cell("import time\ntime.sleep(0.5)")
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), notebook)
     command = [sys.executable, str(SCRIPTS / "course_time.py"), "--threads", "1", "--slowest", "1", str(notebook)]
     printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
     assert "machine speed on 1 threads: float32 matmul peak " in printed and " images/s in sampling calls" in printed
     seconds = float(printed.split("| 01_tiny | ")[1].split(" |")[0])
     assert seconds >= 0.5 and f"total_seconds={seconds:.1f} within_budget=True" in printed
     assert "| 0 | `import time` |" in printed
+
+
+def test_sigma_max_check_caps_the_karras_grid_and_rejects_a_bad_cap(tmp_path):
+    out = tmp_path / "grids.csv"
+    checkpoint = SCRIPTS.parent / "checkpoints" / "mnist_tuned.pt"
+    command = [sys.executable, str(SCRIPTS / "sigma_max_check.py"), str(checkpoint), "--n", "4", "--cap", "80",
+               "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+    rows = list(csv.DictReader(out.open()))
+    assert [row["grid"] for row in rows] == ["karras, the schedule's sigma_max", "karras, sigma_max 80", "trailing"]
+    assert float(rows[0]["sigma_0"]) > 10_000 and rows[1]["sigma_0"] == "80.0"  # cosine betas: sigma_max about 20,000
+    assert all(float(row["frechet_distance"]) > 0 and float(row["frechet_se"]) > 0 and row["n"] == "4" for row in rows)
+    finished = subprocess.run([sys.executable, str(SCRIPTS / "sigma_max_check.py"), "missing.pt", "--cap", "0"],
+                              capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "--cap must be positive, got 0.0" in finished.stderr
