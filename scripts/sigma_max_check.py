@@ -24,7 +24,7 @@ from ddpm_lite.checkpoints import load_for_sampling
 from ddpm_lite.data import load_mnist
 from ddpm_lite.digits import digit_metrics, load_digit_classifier
 from ddpm_lite.evaluate import machine_line, script_parser, write_rows
-from ddpm_lite.solvers import eps_at_sigma, karras_sigmas, noise_levels, sigma_schedule, solve
+from ddpm_lite.solvers import eps_at_sigma, sigma_schedule, solve
 
 STEPS = 10
 
@@ -47,10 +47,9 @@ def main() -> None:
           "|---|---|---|---|---|---|---|")
     for checkpoint in args.checkpoints:
         model, schedule, _ = load_for_sampling(checkpoint, "cpu")
-        levels = noise_levels(schedule)
         x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(10))
         grids = {"karras, the schedule's sigma_max": sigma_schedule(schedule, STEPS, "karras"),
-                 f"karras, sigma_max {args.cap:g}": karras_sigmas(levels[0].item(), args.cap, STEPS),
+                 f"karras, sigma_max {args.cap:g}": sigma_schedule(schedule, STEPS, "karras", sigma_max=args.cap),
                  "trailing": sigma_schedule(schedule, STEPS, "trailing")}
         for name, sigmas in grids.items():
             x_0 = solve(eps_at_sigma(model, schedule), sigmas, x_T * math.sqrt(1 + sigmas[0].item() ** 2), "dpmpp-2m",

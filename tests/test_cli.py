@@ -92,6 +92,10 @@ def broken_files(tmp_path_factory) -> dict[str, Path]:
     (["sample", "--checkpoint", "{committed}", "--sampler", "dpmpp-2m", "--spacing", "quadratic"],
      ["--spacing quadratic does not apply to --sampler dpmpp-2m", "karras"]),
     (["sample", "--checkpoint", "{committed}", "--sampler", "euler", "--clip"], ["--clip applies to the ddpm and ddim"]),
+    (["sample", "--checkpoint", "{committed}", "--sampler", "heun", "--spacing", "trailing", "--sigma-max", "80"],
+     ["--sigma-max caps the karras and log-snr grids", "spacing trailing"]),
+    (["sample", "--checkpoint", "{committed}", "--sampler", "dpmpp-2m", "--sigma-max", "1e6"],
+     ["--sigma-max: sigma_max must be in (sigma_min, the schedule's sigma_max]", "got 1000000.0"]),
     (["export", "--checkpoint", "{committed}", "--out", "again.pt"], ["is an exported one", "need a training checkpoint"]),
     (["train", "--config", "nonsense"], ["invalid choice: 'nonsense'"]),
     (["train", "--config", "2d", "--steps", "0"], ["--steps must be at least 1, got 0"]),
@@ -99,6 +103,7 @@ def broken_files(tmp_path_factory) -> dict[str, Path]:
     (["train", "--config", "2d", "--resume", "--out", "empty_run"], ["empty_run/checkpoint.pt does not exist"]),
 ], ids=["missing", "truncated", "not-a-checkpoint", "format-version", "n-0", "steps-0", "steps-5000", "eta-negative",
         "unknown-image-type", "no-cuda", "solver-steps-0", "ddim-spacing", "solver-spacing", "solver-clip",
+        "sigma-max-trailing", "sigma-max-too-high",
         "export-an-export", "unknown-config", "train-steps-0", "out-is-a-file",
         "resume-nothing"])
 def test_a_mistake_ends_in_one_line_before_any_work(args, fragments, broken_files, tmp_path):
@@ -115,7 +120,9 @@ def test_a_mistake_ends_in_one_line_before_any_work(args, fragments, broken_file
 def test_the_ode_solvers_sample_from_the_command_line(tmp_path):
     """--sampler heun / dpmpp-2m (ddpm_lite.solvers) on a spacing of choice; the label gives steps and NFE."""
     for args, label in ((["--sampler", "dpmpp-2m", "--steps", "3"], "dpmpp-2m 3 steps, 3 NFE (karras)"),
-                        (["--sampler", "heun", "--steps", "2", "--spacing", "trailing"], "heun 2 steps, 3 NFE (trailing)")):
+                        (["--sampler", "heun", "--steps", "2", "--spacing", "trailing"], "heun 2 steps, 3 NFE (trailing)"),
+                        (["--sampler", "dpmpp-2m", "--steps", "2", "--sigma-max", "80"],
+                         "dpmpp-2m 2 steps, 2 NFE (karras, sigma_max 80)")):
         result = run_cli("sample", "--checkpoint", str(COMMITTED), "--n", "4", *args, "--out", "grid.png", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert f"4 samples with {label}" in result.stdout

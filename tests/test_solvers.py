@@ -116,6 +116,32 @@ def test_grids_and_log_snr():
     assert nfe("heun", 10) == 19 and nfe("euler", 10) == nfe("dpmpp-2m", 10) == 10
 
 
+def test_sigma_max_caps_the_karras_and_log_snr_grids_only():
+    """eq:sigma-max-cap: a capped grid is eq:karras-sigmas / eq:log-snr-spacing from the schedule's sigma_min to the
+    cap; the timestep spacings refuse a cap; fast_sample starts from x_T sqrt(1 + cap^2)."""
+    cosine = NoiseSchedule.named("cosine", 1000)
+    levels = noise_levels(cosine)
+    assert levels[-1].item() > 20_000  # cosine betas clipped at 0.999: why a cap is needed
+    for spacing, grid in (("karras", karras_sigmas), ("log-snr", log_snr_sigmas)):
+        capped = sigma_schedule(cosine, 10, spacing, sigma_max=80.0)
+        torch.testing.assert_close(capped, grid(levels[0].item(), 80.0, 10), rtol=0, atol=0)
+        assert capped[0].item() == pytest.approx(80.0, rel=1e-12)
+        torch.testing.assert_close(sigma_schedule(cosine, 10, spacing, sigma_max=levels[-1].item()),
+                                   sigma_schedule(cosine, 10, spacing), rtol=0, atol=0)  # the cap at the top: no change
+    for bad, message in ((1e6, "sigma_max must be in"), (levels[0].item(), "sigma_max must be in"),
+                         (math.nan, "sigma_max must be a finite number"), ("80", "sigma_max must be a finite number")):
+        with pytest.raises(ValueError, match=message):
+            sigma_schedule(cosine, 10, "karras", sigma_max=bad)
+    with pytest.raises(ValueError, match="sigma_max caps the karras and log-snr grids; spacing 'trailing'"):
+        sigma_schedule(cosine, 10, "trailing", sigma_max=80.0)
+    seen = []
+    model = lambda x_t, t: seen.append(x_t.clone()) or torch.zeros_like(x_t)  # noqa: E731
+    x_T = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = fast_sample(model, cosine, x_T.shape, solver="euler", steps=4, sigma_max=80.0, x_T=x_T, progress=False)
+    torch.testing.assert_close(seen[0], x_T)  # x_bar_0 = x_T sqrt(1 + 80^2), times c_in = 1 / sqrt(1 + 80^2)
+    torch.testing.assert_close(out, x_T * math.sqrt(1 + 80.0**2))  # eps = 0: Euler keeps x_bar
+
+
 def test_a_network_gets_integer_timesteps_on_the_grid_and_fractional_ones_between():
     """eq:t-of-sigma-continuous: t(sigma) interpolates in log sigma, as diffusers' `_sigma_to_t`; the network sees
     x_bar / sqrt(1 + sigma^2) (c_in of eq:denoiser)."""

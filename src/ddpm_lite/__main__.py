@@ -171,10 +171,11 @@ DDIM_SPACINGS = ("uniform", "quadratic")  # ddpm_lite.samplers.ddim_timesteps
 
 
 def _sampler(model: torch.nn.Module, schedule, sampler: str, steps: int, device: torch.device, *, eta: float = 0.0,
-             spacing: str | None = None, clip: bool = False):
-    """(sample(shape, generator) -> samples, label) for --sampler, --steps, --eta, --spacing and --clip, checked."""
+             spacing: str | None = None, clip: bool = False, sigma_max: float | None = None):
+    """(sample(shape, generator) -> samples, label) for --sampler, --steps, --eta, --spacing, --clip and --sigma-max,
+    checked."""
     from ddpm_lite.samplers import ddim_sample, ddpm_sample
-    from ddpm_lite.solvers import SigmaSpacing, fast_sample, nfe
+    from ddpm_lite.solvers import SigmaSpacing, fast_sample, nfe, sigma_schedule
 
     if not (math.isfinite(eta) and eta >= 0):
         raise CommandError(f"--eta must be a number >= 0 (0 deterministic, 1 DDPM-like), got {eta}")
@@ -188,6 +189,14 @@ def _sampler(model: torch.nn.Module, schedule, sampler: str, steps: int, device:
                            f"{', '.join(allowed)}")
     if clip and fast:
         raise CommandError(f"--clip applies to the ddpm and ddim samplers, not {sampler}")
+    if sigma_max is not None:
+        if spacing not in ("karras", "log-snr"):
+            raise CommandError(f"--sigma-max caps the karras and log-snr grids of the solvers, not --sampler "
+                               f"{sampler} with spacing {spacing}")
+        try:
+            sigma_schedule(schedule, steps, spacing, sigma_max=sigma_max)
+        except ValueError as error:
+            raise CommandError(f"--sigma-max: {error}") from None
 
     def sample(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
         if sampler == "ddpm":
@@ -195,15 +204,16 @@ def _sampler(model: torch.nn.Module, schedule, sampler: str, steps: int, device:
         if sampler == "ddim":
             return ddim_sample(model, schedule, shape, steps=steps, eta=eta, spacing=spacing, generator=generator,
                                device=device, clip_x0=clip, progress=False)
-        return fast_sample(model, schedule, shape, solver=sampler, steps=steps, spacing=spacing, generator=generator,
-                           device=device, progress=False)
+        return fast_sample(model, schedule, shape, solver=sampler, steps=steps, spacing=spacing, sigma_max=sigma_max,
+                           generator=generator, device=device, progress=False)
 
     if sampler == "ddpm":
         label = f"DDPM-{schedule.T}"
     elif sampler == "ddim":
         label = f"DDIM-{steps} (eta={eta}, {spacing})"
     else:
-        label = f"{sampler} {steps} steps, {nfe(sampler, steps)} NFE ({spacing})"
+        cap = "" if sigma_max is None else f", sigma_max {sigma_max:g}"
+        label = f"{sampler} {steps} steps, {nfe(sampler, steps)} NFE ({spacing}{cap})"
     return sample, label
 
 
@@ -303,7 +313,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     _writable_image("--out", Path(args.out))
     model, schedule, config = load_for_sampling(args.checkpoint, device)
     sample, label = _sampler(model, schedule, args.sampler, args.steps, device, eta=args.eta, spacing=args.spacing,
-                             clip=args.clip)
+                             clip=args.clip, sigma_max=args.sigma_max)
     if args.metrics and config.data != "mnist":
         raise CommandError(f"--metrics reads MNIST digits, but {args.checkpoint} was trained on {config.data}")
     shape = (args.n, 2) if config.data in TOY_DATA else (
@@ -338,7 +348,8 @@ def cmd_fid(args: argparse.Namespace) -> None:
         raise CommandError(f"FID is for images, but {args.checkpoint} was trained on 2-D points ({config.data})")
     if getattr(config.model, "num_classes", 0):
         raise CommandError(f"{args.checkpoint} is class-conditional; FID here samples unconditional models")
-    sample, label = _sampler(model, schedule, args.sampler, args.steps, device, eta=args.eta, spacing=args.spacing)
+    sample, label = _sampler(model, schedule, args.sampler, args.steps, device, eta=args.eta, spacing=args.spacing,
+                             sigma_max=args.sigma_max)
     shape = (config.model.image_channels, config.model.image_size, config.model.image_size)
     weights = _fid_weights(args.fid_weights)
     images, _, source = _training_data(config)
@@ -426,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
     p.add_argument("--spacing", help="ddim: uniform (default) or quadratic; solvers: karras (default), log-snr, "
                                      "leading, trailing or linspace")
+    p.add_argument("--sigma-max", type=float, help="solvers on the karras or log-snr grid: start there instead of at "
+                                                   "the schedule's top level (EDM's is 80)")
     p.add_argument("--clip", action="store_true", help="clip the predicted x_0 to [-1, 1] at every step")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
@@ -444,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="steps of ddim or a solver (ddpm always takes T)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
     p.add_argument("--spacing", help="as for the sample command")
+    p.add_argument("--sigma-max", type=float, help="as for the sample command")
     p.add_argument("--batch", type=int, default=500, help="samples per sampling batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference-n", type=int, help="compare with a random subset of this many training images "

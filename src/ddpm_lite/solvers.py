@@ -81,19 +81,35 @@ def log_snr_sigmas(sigma_min: float, sigma_max: float, steps: int) -> Tensor:
     return torch.cat([torch.exp(-lam), torch.zeros(1, dtype=torch.float64)])
 
 
-def sigma_schedule(schedule: NoiseSchedule, steps: int, spacing: SigmaSpacing = "karras", rho: float = 7.0) -> Tensor:
+def sigma_schedule(schedule: NoiseSchedule, steps: int, spacing: SigmaSpacing = "karras", rho: float = 7.0,
+                   sigma_max: float | None = None) -> Tensor:
     """A grid of `steps` steps for `schedule`: the noise levels at `timesteps(T, steps, spacing)` for the timestep
-    spacings, or Karras' / uniform log-SNR levels between the schedule's smallest and largest noise level; with a final
-    0. (steps + 1,) float64, decreasing."""
+    spacings, or Karras' / uniform log-SNR levels between the schedule's smallest noise level and `sigma_max` (default:
+    its largest); with a final 0. (steps + 1,) float64, decreasing.
+
+    `sigma_max` caps a Karras or log-SNR grid below the schedule's top level, as EDM's 80 (Karras et al. 2022,
+    Table 1): cosine betas end near sigma = 20,000, where a data-prediction step multiplies the network's error in eps
+    by sigma (math/fast_sampling.tex eq:sigma-max-cap). It must lie in (sigma_min, the schedule's sigma_max]; the
+    timestep spacings take the schedule's own levels and refuse it."""
     levels = noise_levels(schedule)
     if spacing in get_args(TimestepSpacing):
+        if sigma_max is not None:
+            raise ValueError(f"sigma_max caps the karras and log-snr grids; spacing {spacing!r} visits the schedule's "
+                             f"own timesteps (got sigma_max={sigma_max})")
         return torch.cat([levels[timesteps(schedule.T, steps, spacing)], torch.zeros(1, dtype=torch.float64)])
     check_positive_int("steps", steps)
+    if spacing not in ("karras", "log-snr"):
+        raise ValueError(f"spacing must be one of {get_args(SigmaSpacing)}, got {spacing!r}")
+    low, high = levels[0].item(), levels[-1].item()
+    if sigma_max is not None:
+        check_finite_number("sigma_max", sigma_max)
+        if not low < sigma_max <= high:
+            raise ValueError(f"sigma_max must be in (sigma_min, the schedule's sigma_max] = ({low:.4g}, {high:.6g}], "
+                             f"got {sigma_max}")
+        high = float(sigma_max)
     if spacing == "karras":
-        return karras_sigmas(levels[0].item(), levels[-1].item(), steps, rho)
-    if spacing == "log-snr":
-        return log_snr_sigmas(levels[0].item(), levels[-1].item(), steps)
-    raise ValueError(f"spacing must be one of {get_args(SigmaSpacing)}, got {spacing!r}")
+        return karras_sigmas(low, high, steps, rho)
+    return log_snr_sigmas(low, high, steps)
 
 
 def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
@@ -252,14 +268,15 @@ def solve(eps_fn: EpsAtSigma, sigmas: Tensor, x_bar: Tensor, solver: Solver = "h
 
 
 def fast_sample(model: nn.Module, schedule: NoiseSchedule, shape: tuple[int, ...], *, solver: Solver = "dpmpp-2m",
-                steps: int = 10, spacing: SigmaSpacing = "karras", rho: float = 7.0, churn: float = 0.0,
-                generator: torch.Generator | None = None, device: torch.device | str | None = None,
+                steps: int = 10, spacing: SigmaSpacing = "karras", rho: float = 7.0, sigma_max: float | None = None,
+                churn: float = 0.0, generator: torch.Generator | None = None, device: torch.device | str | None = None,
                 x_T: Tensor | None = None, callback: Callback | None = None, progress: bool = True) -> Tensor:
-    """Sample a network with `steps` steps of `solver` on `sigma_schedule(schedule, steps, spacing, rho)`: x_T ~ N(0, I)
-    (or the given x_T, drawn on the CPU from `generator`) is scaled to x_bar = x_T sqrt(1 + sigma_0^2), the level of
-    pure noise at sigma_0 (diffusers' init_noise_sigma). Returns x_0, `shape`, on `device`."""
+    """Sample a network with `steps` steps of `solver` on `sigma_schedule(schedule, steps, spacing, rho, sigma_max)`:
+    x_T ~ N(0, I) (or the given x_T, drawn on the CPU from `generator`) is scaled to x_bar = x_T sqrt(1 + sigma_0^2), the
+    level of pure noise at sigma_0 (diffusers' init_noise_sigma; below the schedule's top level it drops the signal's
+    share 1 / sqrt(1 + sigma_0^2) of x_T, as EDM does). Returns x_0, `shape`, on `device`."""
     device = pick_device(device, model)
-    sigmas = sigma_schedule(schedule, steps, spacing, rho)
+    sigmas = sigma_schedule(schedule, steps, spacing, rho, sigma_max)
     x = torch.randn(shape, generator=generator) if x_T is None else x_T.detach().cpu()
     x_bar = (x * math.sqrt(1 + sigmas[0].item() ** 2)).to(device)
     return solve(eps_at_sigma(model, schedule), sigmas, x_bar, solver, churn=churn, generator=generator,
