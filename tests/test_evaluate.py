@@ -5,9 +5,19 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pytest
+import math
 
-from ddpm_lite.evaluate import ddim_mixture_rows, markdown_table, read_markdown_table, table_number, write_rows
+import pytest
+import torch
+from torch import nn
+
+from ddpm_lite.data import load_mnist
+from ddpm_lite.elbo import vlb_terms
+from ddpm_lite.evaluate import (
+    bits_per_dim_per_digit, ddim_mixture_rows, digit_quality, markdown_table, read_markdown_table, table_number,
+    write_rows,
+)
+from ddpm_lite.schedules import NoiseSchedule
 
 
 def test_markdown_table_formats_each_column_by_its_spec():
@@ -67,3 +77,48 @@ def test_ddim_mixture_rows_are_paired_trials_with_a_standard_error():
 def test_ddim_mixture_rows_rejects_a_bad_sample_size(bad):
     with pytest.raises(ValueError, match="n must be a positive int"):
         ddim_mixture_rows(n=bad, repeats=2, steps_list=(10,), etas=(0.0,))
+
+
+class _Shrink(nn.Module):
+    """A stand-in noise predictor eps(x_t, t) = scale * x_t, with a train/eval flag to watch."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.scale * x_t
+
+
+def test_bits_per_dim_per_digit_gives_each_digit_its_own_noise():
+    """Each digit's value is `vlb_terms` on that digit alone with the generator seed + i (eq:elbo-decomposition,
+    eq:bits-per-dim), so digits[1:3] with seed + 1 recompute the same two numbers exactly, and two models on the same
+    digits see the same x_t (a model against itself differs by exactly 0)."""
+    schedule = NoiseSchedule.named("linear", 50)
+    digits = load_mnist(train=False)[0].tensors[0][[3, 70, 140]]
+    model = _Shrink(0.5)
+    values = bits_per_dim_per_digit(model, schedule, digits, seed=7, timesteps_per_call=10)
+    assert values.shape == (3,) and values.dtype == torch.float64
+    alone = vlb_terms(model, schedule, digits[2:3], generator=torch.Generator().manual_seed(9)).bits_per_dim
+    assert torch.equal(values[2:], alone)
+    assert torch.equal(bits_per_dim_per_digit(model, schedule, digits[1:], seed=8, timesteps_per_call=25), values[1:])
+    other = bits_per_dim_per_digit(_Shrink(0.4), schedule, digits, seed=7, timesteps_per_call=10)
+    assert not torch.equal(other, values)
+    beta = bits_per_dim_per_digit(model, schedule, digits, "beta", seed=7, timesteps_per_call=10)
+    assert not torch.equal(beta, values)  # the variance reaches vlb_terms
+
+
+def test_digit_quality_scores_the_same_noise_for_every_model_and_restores_the_mode():
+    """A stand-in network that shrinks x_t gives no confident digits; the binomial SE follows from the share; the
+    same seed gives the same numbers, and the model goes back to training mode."""
+    schedule = NoiseSchedule.named("cosine", 100)
+    reference = load_mnist(train=True)[0].tensors[0][:200]
+    model = _Shrink(0.9).train()
+    first = digit_quality(model, schedule, 6, reference, steps=5, batch=4, resamples=10)
+    assert model.training
+    assert first == digit_quality(model, schedule, 6, reference, steps=5, batch=4, resamples=10)
+    assert set(first) == {"n", "frechet_distance", "frechet_se", "confident_share", "confident_se", "classes_covered"}
+    share = first["confident_share"]
+    assert first["n"] == 6 and first["frechet_distance"] > 0 and first["frechet_se"] > 0
+    assert first["confident_se"] == round(math.sqrt(share * (1 - share) / 6), 4)
+    assert digit_quality(model, schedule, 6, reference, steps=5, batch=4, seed=5, resamples=10) != first

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ddpm_lite.configs import TrainConfig
+from ddpm_lite.configs import TrainConfig, make_network
 from ddpm_lite.devices import pick_device
-from ddpm_lite.models import MLPConfig, UNet, UNetConfig, make_model
+from ddpm_lite.models import MLPConfig, UNet, UNetConfig
 from ddpm_lite.schedules import NoiseSchedule
 
 CHECKPOINT_NAME = "checkpoint.pt"  # the training checkpoint's file name inside a run's output folder
@@ -174,10 +174,11 @@ def export_checkpoint(path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 def load_ema_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
     """The EMA network of a checkpoint (training or exported), ready for sampling (eval mode), and its training
-    config. Raises `CheckpointError` for a file that is not a usable checkpoint."""
+    config. A network trained to output x0, v or EDM's F comes in its `Denoiser`, which returns eps (as
+    `configs.make_network` builds it). Raises `CheckpointError` for a file that is not a usable checkpoint."""
     state = read_checkpoint(path)
     config = config_from_dict(state["config"])
-    model = make_model(config.model)
+    model = make_network(config)
     model.load_state_dict(_ema_weights(state["ema"]))
     return model.to(device).eval(), config
 
@@ -190,7 +191,7 @@ def load_for_sampling(path: str | os.PathLike, device: torch.device | str | None
     beyond float rounding (`results/benchmarks.md`: weights in that order sampled faster in its quality-per-minute
     run)."""
     model, config = load_ema_model(path, pick_device(device))
-    if isinstance(model, UNet):
+    if isinstance(getattr(model, "network", model), UNet):
         model = model.to(memory_format=torch.channels_last)
     return model, NoiseSchedule.named(config.schedule, config.T), config
 

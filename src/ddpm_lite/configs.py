@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from ddpm_lite.models import MLPConfig, UNetConfig
-from ddpm_lite.schedules import ScheduleName
+from torch import nn
+
+from ddpm_lite.checks import check_finite_number
+from ddpm_lite.models import MLPConfig, UNetConfig, make_model
+from ddpm_lite.objectives import Denoiser, NetworkOutput, Weighting, check_objective
+from ddpm_lite.schedules import NoiseSchedule, ScheduleName
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,13 @@ class TrainConfig:
     label_dropout: float = 0.0  # class-conditional models: chance a label is replaced by "no label" (Ho & Salimans: 0.1-0.2)
     random_flip: bool = False  # images: flip each training image left-right with probability 1/2 (DDPM's CIFAR-10 runs)
     channels_last: bool = False  # images: keep the UNet's weights and inputs in NHWC order, for oneDNN's and cuDNN's faster convolutions
+    # The objective (math/objectives.tex; ddpm_lite.objectives). The defaults are DDPM's L_simple.
+    prediction: NetworkOutput = "eps"  # what the network outputs: eps (DDPM), x0, v (Salimans & Ho 2022) or edm (EDM's F)
+    loss_weighting: Weighting | None = None  # weight over noise levels; None: the plain MSE of the network's output
+    min_snr_gamma: float = 5.0  # gamma of loss_weighting="min-snr" (Hang et al. 2023 use 5)
+    sigma_data: float = 0.5  # EDM's data standard deviation, for prediction or loss_weighting "edm" (EDM: 0.5)
+    noise_levels: Literal["uniform", "log-normal"] = "uniform"  # how t is drawn: DDPM's uniform t, or EDM's ln sigma ~ N(-1.2, 1.2^2)
+    vlb_weight: float = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb when the network learns its variances (Improved DDPM: 0.001)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_dropout < 1.0:
@@ -46,6 +57,20 @@ class TrainConfig:
             raise ValueError(f"random_flip applies to images (a UNetConfig), got {type(self.model).__name__}")
         if self.channels_last and not isinstance(self.model, UNetConfig):
             raise ValueError(f"channels_last applies to images (a UNetConfig), got {type(self.model).__name__}")
+        check_objective(self.prediction, self.loss_weighting, self.min_snr_gamma, self.sigma_data)
+        check_finite_number("vlb_weight", self.vlb_weight, minimum=0.0)
+        if self.noise_levels not in ("uniform", "log-normal"):
+            raise ValueError(f"noise_levels must be 'uniform' or 'log-normal', got {self.noise_levels!r}")
+
+
+def make_network(config: TrainConfig) -> nn.Module:
+    """The module a config trains and samples with: its network (`make_model(config.model)`), wrapped in a
+    `Denoiser` that returns eps when the network outputs x0, v or EDM's F or learns its variances (so every sampler
+    runs it unchanged)."""
+    network = make_model(config.model)
+    if config.prediction == "eps" and not config.model.learn_variance:
+        return network
+    return Denoiser(network, NoiseSchedule.named(config.schedule, config.T), config.prediction, config.sigma_data)
 
 
 CONFIGS: dict[str, TrainConfig] = {
@@ -57,6 +82,11 @@ CONFIGS: dict[str, TrainConfig] = {
     "mnist": TrainConfig(name="mnist", data="mnist", model=UNetConfig(num_res_blocks=1), schedule="cosine",
                          steps=4500, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, ema_warmup=True,
                          checkpoint_every=250, sample_every=1000, channels_last=True),
+    # The `mnist` preset as round 1 of the tuning left it (results/benchmarks.md), kept as the reference its second
+    # round is measured against (scripts/quality_per_minute.py's third row).
+    "mnist-round1": TrainConfig(name="mnist-round1", data="mnist", model=UNetConfig(num_res_blocks=1), schedule="cosine",
+                                steps=4500, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, ema_warmup=True,
+                                checkpoint_every=250, sample_every=1000, channels_last=True),
     # The course's first MNIST recipe, DDPM's choices: linear betas, constant EMA decay. checkpoints/mnist.pt and
     # mnist_long.pt were trained with it (results/checkpoints.md).
     "mnist-ddpm": TrainConfig(name="mnist-ddpm", data="mnist", model=UNetConfig(num_res_blocks=1), steps=4500,

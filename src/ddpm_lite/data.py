@@ -208,15 +208,18 @@ def load_mnist(
     root = data_root(root)
     offline = is_offline()
     split = "train" if train else "test"
+    unavailable = DownloadUnavailable(f"{'DDPM_LITE_OFFLINE is set' if offline else 'download=False'} and no MNIST "
+                                      f"in {root}")
     try:
+        if (offline or not download) and not (root / "MNIST").is_dir():
+            raise unavailable  # nothing to read and nothing to fetch: skip importing torchvision (seconds)
         from torchvision.datasets import MNIST
 
         try:
             mnist = MNIST(str(root), train=train, download=False)
         except RuntimeError:  # "Dataset not found": not downloaded yet
             if offline or not download:
-                why = "DDPM_LITE_OFFLINE is set" if offline else "download=False"
-                raise DownloadUnavailable(f"{why} and no MNIST in {root}") from None
+                raise unavailable from None
             _download_mnist(root, timeout)
             mnist = MNIST(str(root), train=train, download=False)
         images, labels = _pixels_to_unit_range(mnist.data), mnist.targets.to(torch.int64)

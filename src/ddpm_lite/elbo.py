@@ -21,7 +21,9 @@ from ddpm_lite.forward import predict_x0_from_eps, q_posterior, q_sample
 from ddpm_lite.schedules import NoiseSchedule, extract
 
 EpsTheta = Callable[[Tensor, Tensor], Tensor]  # eps_theta(x_t: (B, ...), t: (B,) int64) -> the predicted noise (B, ...)
-ReverseVariance = Literal["posterior", "beta"]  # sigma_t^2 of p_theta(x_{t-1} | x_t): tilde-beta_t or beta_t (DDPM sec. 3.2)
+# sigma_t^2 of p_theta(x_{t-1} | x_t): tilde-beta_t or beta_t (DDPM sec. 3.2), or the network's own (Improved DDPM
+# eq. 15; a `objectives.Denoiser` whose network learns its variances, through its `predict`)
+ReverseVariance = Literal["posterior", "beta", "learned"]
 Decoder = Literal["discretized", "gaussian"]
 
 
@@ -53,7 +55,10 @@ def discretized_gaussian_log_likelihood(x_0: Tensor, mean: Tensor, variance: Ten
     # log(Phi(upper) - Phi(lower)), computed on the side of the mode where both CDFs are small, to keep precision.
     right = lower > 0
     a, b = torch.where(right, -upper, lower), torch.where(right, -lower, upper)
-    middle = torch.log((torch.special.ndtr(b) - torch.special.ndtr(a)).clamp(min=1e-300))
+    # A bin far in the tail has probability below the dtype's range: clamp it to a positive number the dtype holds
+    # (1e-300 in float64; float32's smallest normal number, 1.2e-38, where 1e-300 would round to 0 and log to -inf).
+    floor = max(1e-300, torch.finfo(b.dtype).tiny)
+    middle = torch.log((torch.special.ndtr(b) - torch.special.ndtr(a)).clamp(min=floor))
     first = torch.special.log_ndtr(upper)  # bin (-inf, upper] for the darkest value, x_0 = -1
     last = torch.special.log_ndtr(-lower)  # bin [lower, +inf) for the brightest value, x_0 = 1
     edge = half_bin / 2  # tolerance for float error in the pixel values
@@ -73,7 +78,9 @@ def reverse_variance(schedule: NoiseSchedule, variance: ReverseVariance) -> Tens
         return schedule.beta
     if variance == "posterior":
         return schedule.posterior_log_variance_clipped.exp()
-    raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+    if variance == "learned":
+        raise ValueError("variance='learned' has no table: the network gives sigma_t^2 (Denoiser.predict)")
+    raise ValueError(f"variance must be 'posterior', 'beta' or 'learned', got {variance!r}")
 
 
 def vlb_weights(schedule: NoiseSchedule, variance: ReverseVariance = "posterior") -> Tensor:
@@ -120,7 +127,10 @@ def vlb_terms(
     if decoder not in ("discretized", "gaussian"):
         raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
     check_positive_int("timesteps_per_call", timesteps_per_call)
-    reverse_variances = reverse_variance(schedule, variance)
+    if variance == "learned":
+        predict = learned_predictor(eps_fn)
+    else:
+        reverse_variances = reverse_variance(schedule, variance)
     x_0 = x_0.to(torch.float64)
     batch, dims = x_0.shape[0], x_0[0].numel()
     sum_dims = tuple(range(1, x_0.ndim))
@@ -135,31 +145,69 @@ def vlb_terms(
     for steps in torch.arange(schedule.T).split(timesteps_per_call):
         ts = [torch.full((batch,), step, dtype=torch.int64) for step in steps.tolist()]
         x_ts = [q_sample(schedule, x_0, t, torch.randn(x_0.shape, generator=generator, dtype=torch.float64)) for t in ts]
-        eps_all = eps_fn(torch.cat(x_ts).to(torch.float32), torch.cat(ts)).to(torch.float64)
+        inputs = (torch.cat(x_ts).to(torch.float32), torch.cat(ts))
+        if variance == "learned":
+            eps_all, log_variance_all = (value.to(torch.float64) for value in predict(*inputs))
+            variances = log_variance_all.exp().split(batch)
+        else:
+            eps_all = eps_fn(*inputs).to(torch.float64)
+            variances = [extract(reverse_variances, t, x_0) for t in ts]
         if eps_all.shape != (len(ts) * batch, *x_0.shape[1:]):
             raise ValueError(f"eps_fn must return the shape of x_t, {(len(ts) * batch, *x_0.shape[1:])}, "
                              f"got {tuple(eps_all.shape)}")
-        for t, x_t, eps_theta in zip(ts, x_ts, eps_all.split(batch)):
-            terms[:, t[0]] = _vlb_term(schedule, x_0, x_t, t, eps_theta, reverse_variances, decoder, sum_dims)
+        for t, x_t, eps_theta, variance_t in zip(ts, x_ts, eps_all.split(batch), variances):
+            terms[:, t[0]] = _vlb_term(schedule, x_0, x_t, t, eps_theta, variance_t, decoder, sum_dims)
     total = prior + terms.sum(1)  # DDPM eq. (5); math/elbo.tex eq:elbo-decomposition
     return VLBTerms(prior=prior, terms=terms, total=total, bits_per_dim=total / (dims * math.log(2)))
 
 
-def _vlb_term(schedule: NoiseSchedule, x_0: Tensor, x_t: Tensor, t: Tensor, eps_theta: Tensor,
-              reverse_variances: Tensor, decoder: Decoder, sum_dims: tuple[int, ...]) -> Tensor:
-    """L_t of the bound for one timestep t (the same for the whole batch), (B,) nats."""
+def learned_predictor(eps_fn: object) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """`eps_fn.predict`, (x_t, t) -> (eps, log sigma_t^2), for variance="learned"; a ValueError if it has none."""
+    predict = getattr(eps_fn, "predict", None)
+    if predict is None or not getattr(eps_fn, "learned_variance", False):
+        raise ValueError("variance='learned' needs a network that learns its variances (an objectives.Denoiser whose "
+                         "network has learn_variance=True), got " + type(eps_fn).__name__)
+    return predict
+
+
+def _reverse_step_nats(schedule: NoiseSchedule, x_0: Tensor, x_t: Tensor, t: Tensor, eps_theta: Tensor,
+                       reverse_variance_t: Tensor, decoder: Decoder) -> Tensor:
+    """Each coordinate's L_t, (B, ...) nats, for timesteps t (B,) that may differ within the batch: the decoder's
+    -log p_theta(x_0 | x_1) where t = 0, the KL of the reverse step elsewhere. reverse_variance_t: broadcastable."""
     # p_theta's mean: the posterior mean at the predicted x_0 (DDPM eq. 11); math/posterior.tex eq:posterior-mean-eps
     mean_pred, _ = q_posterior(schedule, predict_x0_from_eps(schedule, x_t, t, eps_theta), x_t, t)
-    reverse_variance_t = extract(reverse_variances, t, x_t)
-    if int(t[0]) == 0:  # L_0 = -log p_theta(x_0 | x_1)
+    first = t == 0
+    if bool(first.any()):  # L_0 = -log p_theta(x_0 | x_1)
         if decoder == "discretized":
             log_p = discretized_gaussian_log_likelihood(x_0, mean_pred, reverse_variance_t)  # math/elbo.tex eq:discretized-decoder
         else:
             log_p = -0.5 * ((x_0 - mean_pred) ** 2 / reverse_variance_t + torch.log(2 * math.pi * reverse_variance_t))
-        return -log_p.sum(sum_dims)
+        if bool(first.all()):
+            return -log_p
     # L_t = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)); math/elbo.tex eq:gaussian-kl
     mean_true, var_true = q_posterior(schedule, x_0, x_t, t)
-    return normal_kl(mean_true, var_true, mean_pred, reverse_variance_t).sum(sum_dims)
+    if not bool(first.any()):
+        return normal_kl(mean_true, var_true, mean_pred, reverse_variance_t)
+    first = first.reshape(-1, *[1] * (x_t.ndim - 1))
+    # q's variance is 0 at t = 0, where the decoder's term is used: any positive stand-in keeps the KL finite there
+    kl = normal_kl(mean_true, torch.where(first, torch.ones_like(var_true), var_true), mean_pred, reverse_variance_t)
+    return torch.where(first, -log_p, kl)
+
+
+def _vlb_term(schedule: NoiseSchedule, x_0: Tensor, x_t: Tensor, t: Tensor, eps_theta: Tensor,
+              reverse_variance_t: Tensor, decoder: Decoder, sum_dims: tuple[int, ...]) -> Tensor:
+    """L_t of the bound for one timestep t (the same for the whole batch), (B,) nats."""
+    return _reverse_step_nats(schedule, x_0, x_t, t, eps_theta, reverse_variance_t, decoder).sum(sum_dims)
+
+
+def vlb_term_bits(schedule: NoiseSchedule, x_0: Tensor, x_t: Tensor, t: Tensor, eps_theta: Tensor,
+                  log_variance: Tensor) -> Tensor:
+    """Improved DDPM's L_vlb term for training: each example's L_t (B,) in bits per dimension at its own t, with the
+    reverse variance exp(log_variance) (B, ...) and the decoder of the data's kind (discretized for images (B, C, H,
+    W) in [-1, 1], Gaussian otherwise). math/objectives.tex eq:l-hybrid"""
+    decoder: Decoder = "discretized" if x_0.ndim == 4 else "gaussian"
+    nats = _reverse_step_nats(schedule, x_0, x_t, t, eps_theta, log_variance.exp(), decoder)
+    return nats.flatten(1).mean(1) / math.log(2)
 
 
 def _describe(value: object) -> str:

@@ -6,6 +6,10 @@ script that wrote the record (scripts/) and by a notebook that recomputes part o
 - `ddim_mnist_rows`: the same grid on MNIST from a checkpoint, plus a DDPM-T reference row: offline digit metrics.
 - `fast_sampler_mnist_rows`: digit quality against network evaluations (NFE) for DDIM, Heun and DPM-Solver++ 2M, with
   a DDPM-T reference row.
+- `digit_quality`: offline digit metrics of DDIM-100 (eta = 1) samples, the protocol of the recipe benchmarks
+  (quality_per_minute.py, compare_objectives.py).
+- `bits_per_dim_per_digit`: each held-out digit's bits/dim from the variational bound, with its own noise, so a
+  notebook recomputes any subset exactly.
 - `toy_sample_report`: the CLI's verdict after training on 2-D data: sliced Wasserstein of DDPM samples against its
   data-vs-data floor.
 - `read_markdown_table`, `table_number`: a notebook reads the record's numbers from results/*.md instead of typing
@@ -32,7 +36,8 @@ from tqdm.auto import tqdm
 from ddpm_lite.checkpoints import load_for_sampling
 from ddpm_lite.configs import TrainConfig
 from ddpm_lite.data import load_mnist, toy_points
-from ddpm_lite.digits import digit_metrics, load_digit_classifier
+from ddpm_lite.digits import DigitClassifier, digit_metrics, load_digit_classifier
+from ddpm_lite.elbo import ReverseVariance, vlb_terms
 from ddpm_lite.metrics import sliced_wasserstein, sliced_wasserstein_floor
 from ddpm_lite.mixture import MixtureEpsModel, default_mixture
 from ddpm_lite.samplers import ddim_sample, ddpm_sample, sample_in_batches
@@ -109,17 +114,20 @@ def solver_steps(sampler: str, budget: int) -> int:
 
 def fast_sampler_mnist_rows(checkpoint: str | os.PathLike, n: int, budgets: Sequence[int] = NFE_BUDGETS,
                             samplers: Sequence[str] = FAST_SAMPLERS, spacing: str = "karras", batch: int = 50,
-                            ddpm: bool = True, device: str = "cpu", progress: bool = False) -> list[dict]:
+                            ddpm: bool = True, device: str = "cpu", progress: bool = False,
+                            sigma_max: float | None = None) -> list[dict]:
     """Digit quality against network evaluations (NFE): one row per (budget, sampler), plus a DDPM-T row first when
     `ddpm`. DDIM runs with eta = 0 on its uniform (leading) spacing; Heun and DPM-Solver++ 2M on `spacing`, each with
-    the most steps its budget allows (`solver_steps`). Offline digit metrics of n samples (Frechet distance in the
-    course classifier's features, not Inception-FID, with its bootstrap standard error `frechet_se` over 100
-    resamplings of the n samples; confident share; classes) against the training digits; samples
-    drawn `batch` at a time, batch k seeded 10 + its first row, the same noise for every cell; `seconds` is the
-    sampling's wall time."""
-    from ddpm_lite.solvers import fast_sample, nfe
+    the most steps its budget allows (`solver_steps`), a Karras or log-SNR grid capped at `sigma_max` when given (the
+    rows' `sigma_max` column is the grid's top level, blank for DDPM and DDIM). Offline digit metrics of n samples
+    (Frechet distance in the course classifier's features, not Inception-FID, with its bootstrap standard error
+    `frechet_se` over 100 resamplings of the n samples; confident share; classes) against the training digits;
+    samples drawn `batch` at a time, batch k seeded 10 + its first row, the same noise for every cell; `seconds` is
+    the sampling's wall time."""
+    from ddpm_lite.solvers import fast_sample, nfe, sigma_schedule
 
     model, schedule, config = load_for_sampling(checkpoint, device)
+    sigma_schedule(schedule, 1, spacing, sigma_max=sigma_max)  # checks spacing and sigma_max before any sampling
     reference = load_mnist(train=True)[0].tensors[0]
     classifier = load_digit_classifier()
     cells = [("ddpm", config.T)] * ddpm + [(sampler, budget) for budget in budgets for sampler in samplers]
@@ -135,18 +143,58 @@ def fast_sampler_mnist_rows(checkpoint: str | os.PathLike, n: int, budgets: Sequ
             if sampler == "ddim":
                 return ddim_sample(model, schedule, shape, steps=steps, generator=generator, progress=False)
             return fast_sample(model, schedule, shape, solver=sampler, steps=steps, spacing=spacing,
-                               generator=generator, progress=False)
+                               sigma_max=sigma_max, generator=generator, progress=False)
 
         x = sample_in_batches(sample, n, batch, seed=10)
         seconds = time.perf_counter() - start  # sampling only
         m = digit_metrics(x.clamp(-1, 1), reference, classifier, resamples=100)
+        solver = sampler not in ("ddpm", "ddim")
+        top = round(sigma_schedule(schedule, steps, spacing, sigma_max=sigma_max)[0].item(), 1) if solver else ""
         rows.append(dict(model=Path(checkpoint).stem, sampler=sampler,
-                         spacing={"ddpm": "all", "ddim": "uniform"}.get(sampler, spacing), budget=budget, steps=steps,
+                         spacing={"ddpm": "all", "ddim": "uniform"}.get(sampler, spacing), sigma_max=top,
+                         budget=budget, steps=steps,
                          nfe=steps if sampler in ("ddpm", "ddim") else nfe(sampler, steps), n=n,
                          frechet_distance=round(m.frechet_distance, 3), frechet_se=round(m.frechet_se, 3),
                          confident_share=round(m.confident_share, 4),
                          classes_covered=m.classes_covered, seconds=round(seconds, 1)))
     return rows
+
+
+def digit_quality(model: torch.nn.Module, schedule: NoiseSchedule, n: int, reference: torch.Tensor,
+                  classifier: DigitClassifier | None = None, *, steps: int = 100, eta: float = 1.0, batch: int = 50,
+                  seed: int = 1000, resamples: int = 100) -> dict:
+    """Offline digit metrics of n DDIM-`steps` samples (eta = 1 by default: DDPM's reverse variance on a 100-step
+    grid) against `reference` digits (N, 1, 28, 28): Frechet distance in the course classifier's features (not
+    Inception-FID) with its bootstrap standard error over `resamples` resamplings, the confident share with its
+    binomial standard error, and the classes covered. Batch k is seeded `seed` + its first row, so every model gets
+    the same starting noise. The model is switched to eval mode for sampling and back."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = sample_in_batches(lambda rows, g: ddim_sample(model, schedule, (len(range(n)[rows]), 1, 28, 28),
+                                                          steps=steps, eta=eta, generator=g, progress=False),
+                              n, batch, seed=seed)
+    finally:
+        model.train(was_training)
+    m = digit_metrics(x.clamp(-1, 1), reference, classifier, resamples=resamples)
+    share = m.confident_share
+    return dict(n=n, frechet_distance=round(m.frechet_distance, 3), frechet_se=round(m.frechet_se, 3),
+                confident_share=round(share, 4), confident_se=round((share * (1 - share) / n) ** 0.5, 4),
+                classes_covered=m.classes_covered)
+
+
+def bits_per_dim_per_digit(model: torch.nn.Module, schedule: NoiseSchedule, digits: torch.Tensor,
+                           variance: ReverseVariance = "posterior", *, seed: int = 0,
+                           timesteps_per_call: int = 100) -> torch.Tensor:
+    """Each digit's bits/dim from DDPM's variational bound (`elbo.vlb_terms`, all T terms, the discretised decoder),
+    (N,) float64, for digits (N, 1, 28, 28) in [-1, 1]. Digit i draws its x_t from its own generator, seeded
+    `seed` + i, so another model on the same digits sees the same noise (differences between models are paired)
+    and digits[k:m] with seed + k recompute those digits' values exactly. variance: the reverse variance, "posterior" (tilde-beta), "beta" or "learned" (a network that learns
+    it). math/elbo.tex eq:elbo-decomposition, eq:bits-per-dim"""
+    values = [vlb_terms(model, schedule, digit[None], variance=variance, timesteps_per_call=timesteps_per_call,
+                        generator=torch.Generator().manual_seed(seed + i)).bits_per_dim
+              for i, digit in enumerate(digits)]
+    return torch.cat(values)
 
 
 def write_rows(rows: Sequence[dict], path: str | os.PathLike, fields: Sequence[str] | None = None) -> Path:

@@ -125,7 +125,6 @@ def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
     return float(distance.clamp(min=0))  # >= 0 in exact arithmetic; clamp round-off when both sets are equal
 
 
-
 def frechet_distance_se(features_a: Tensor, features_b: Tensor, *, resamples: int = 100,
                         generator: torch.Generator | None = None) -> float:
     """Bootstrap standard error of `frechet_distance(features_a, features_b)` for a fresh draw of set a.

@@ -33,10 +33,12 @@ class MLPConfig:
     hidden: int = 128  # width of every hidden layer
     depth: int = 3  # number of hidden residual blocks
     time_dim: int = 64  # width of the sinusoidal time embedding
+    learn_variance: bool = False  # also output Improved DDPM's variance interpolation v (2 D outputs; objectives.py)
 
 
 class MLP(nn.Module):
-    """eps_theta for points: x_t (B, D), t (B,) int64 -> (B, D). Residual MLP; the time embedding enters each block."""
+    """eps_theta for points: x_t (B, D), t (B,) int64 -> (B, D), or (B, 2 D) with learn_variance. Residual MLP; the
+    time embedding enters each block."""
 
     def __init__(self, config: MLPConfig = MLPConfig()):
         super().__init__()
@@ -48,7 +50,8 @@ class MLP(nn.Module):
             nn.Sequential(nn.LayerNorm(h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h))
             for _ in range(config.depth)
         )
-        self.out = nn.Sequential(nn.LayerNorm(h), nn.SiLU(), nn.Linear(h, config.data_dim))
+        outputs = config.data_dim * (2 if config.learn_variance else 1)
+        self.out = nn.Sequential(nn.LayerNorm(h), nn.SiLU(), nn.Linear(h, outputs))
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
         emb = self.time(timestep_embedding(t, self.config.time_dim))
@@ -72,6 +75,7 @@ class UNetConfig:
     dropout: float = 0.0  # inside residual blocks (DDPM CIFAR-10: 0.1)
     groups: int = 8  # GroupNorm groups (DDPM: 32)
     num_classes: int = 0  # 0: unconditional; n > 0: labels 0..n-1 plus label n = "no label" (classifier-free guidance)
+    learn_variance: bool = False  # also output Improved DDPM's variance interpolation v (twice the channels; objectives.py)
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mults)
@@ -117,7 +121,8 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """eps_theta for images: x_t (B, C, H, W), t (B,) int64 [, y (B,) int64] -> (B, C, H, W).
+    """eps_theta for images: x_t (B, C, H, W), t (B,) int64 [, y (B,) int64] -> (B, C, H, W), or (B, 2 C, H, W) with
+    learn_variance.
 
     With `config.num_classes = n > 0` the network is class-conditional: a learned embedding of the label y is added to
     the time embedding (as the time embedding enters every ResBlock, so does the label). Label n (`null_label`) means
@@ -167,7 +172,8 @@ class UNet(nn.Module):
             if level > 0:
                 self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]))
                 size *= 2
-        self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, config.image_channels, 3, padding=1))
+        outputs = config.image_channels * (2 if config.learn_variance else 1)
+        self.out = nn.Sequential(nn.GroupNorm(groups, c), nn.SiLU(), nn.Conv2d(c, outputs, 3, padding=1))
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         emb = self.time(timestep_embedding(t, self.config.base_channels))

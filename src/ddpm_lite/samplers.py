@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ddpm_lite.checks import check_positive_int
 from ddpm_lite.devices import pick_device
-from ddpm_lite.elbo import EpsTheta, ReverseVariance, reverse_variance
+from ddpm_lite.elbo import EpsTheta, ReverseVariance, learned_predictor, reverse_variance
 from ddpm_lite.forward import predict_x0_from_eps, q_posterior
 from ddpm_lite.schedules import NoiseSchedule, check_timesteps, extract
 
@@ -42,11 +42,13 @@ def ddpm_step(
     noise: Tensor,
     variance: ReverseVariance = "posterior",
     clip_x0: bool = False,
+    log_variance: Tensor | None = None,
 ) -> Tensor:
     """One step of DDPM Algorithm 2: x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
 
     x_t, eps_theta, noise: (B, ...); t: (B,) or int. Without clipping, mu_theta is DDPM eq. (11); with `clip_x0`
     the predicted x_0 is clipped to [-1, 1] first and mu_theta is the posterior mean at it (DDPM's released code).
+    variance="learned" takes sigma_t^2 = exp(log_variance) (B, ...), the network's (Improved DDPM eq. 15).
     """
     t = check_timesteps(schedule, t, x_t.shape[0])
     if eps_theta.shape != x_t.shape or noise.shape != x_t.shape:
@@ -60,7 +62,13 @@ def ddpm_step(
     #    (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_t) when not clipped (DDPM eq. 11; Algorithm 2 line 4)
     mean, _ = q_posterior(schedule, x_0_pred, x_t, t)  # math/posterior.tex eq:posterior-mean-eps
     # 3. add sigma_t z, except at the last step (Algorithm 2 line 3: z = 0 if t = 1)
-    reverse_std = extract(reverse_variance(schedule, variance), t, x_t).sqrt()
+    if variance == "learned":
+        if log_variance is None or log_variance.shape != x_t.shape:
+            raise ValueError(f"variance='learned' needs log_variance shaped like x_t {tuple(x_t.shape)}, got "
+                             f"{None if log_variance is None else tuple(log_variance.shape)}")
+        reverse_std = (0.5 * log_variance).exp()  # math/objectives.tex eq:learned-variance
+    else:
+        reverse_std = extract(reverse_variance(schedule, variance), t, x_t).sqrt()
     not_last = extract((torch.arange(schedule.T) > 0).double(), t, x_t)
     return mean + not_last * reverse_std * noise  # math/posterior.tex eq:reverse-variance-choices
 
@@ -151,17 +159,27 @@ def ddpm_sample(
     (default: the network's, see `devices.pick_device`).
 
     The noise is drawn on the CPU from `generator` (so results do not depend on the device) and moved.
+    variance="learned" samples with the network's own variances: eps_theta must be an `objectives.Denoiser` whose
+    network learns them (Improved DDPM eq. 15); one network call per step gives both.
     """
     device = pick_device(device, eps_theta)
     x_T = torch.randn(shape, generator=generator).to(device)  # 1. x_T ~ N(0, I)
+    network, learned = eps_theta, {}
+    if variance == "learned":
+        predict = learned_predictor(eps_theta)
+
+        def network(x_t: Tensor, t: Tensor) -> Tensor:  # eps for the loop; the log-variance for the step
+            eps, learned["log_variance"] = predict(x_t, t)
+            return eps
 
     def step(x_t: Tensor, t: int, t_prev: int, eps: Tensor) -> tuple[Tensor, Tensor]:
         noise = torch.randn(shape, generator=generator).to(device)  # 3. z ~ N(0, I)
-        x_prev = ddpm_step(schedule, x_t, t, eps, noise, variance=variance, clip_x0=clip_x0)  # 4.
+        x_prev = ddpm_step(schedule, x_t, t, eps, noise, variance=variance, clip_x0=clip_x0,
+                           log_variance=learned.get("log_variance"))  # 4.
         return x_prev, predict_x0_from_eps(schedule, x_t, t, eps)
 
     pairs = [(t, t - 1) for t in range(schedule.T - 1, -1, -1)]  # 2. for t = T, ..., 1
-    return _sampling_loop(eps_theta, x_T, pairs, step, callback=callback, desc="DDPM", progress=progress,
+    return _sampling_loop(network, x_T, pairs, step, callback=callback, desc="DDPM", progress=progress,
                           check_finite=check_finite)  # 6.
 
 

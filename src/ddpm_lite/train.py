@@ -33,12 +33,13 @@ from ddpm_lite.checkpoints import (
     prepare_run_folder,
     save_checkpoint,
 )
-from ddpm_lite.configs import TrainConfig
+from ddpm_lite.configs import TrainConfig, make_network
 from ddpm_lite.devices import pick_device
 from ddpm_lite.distributed import stream_seed
 from ddpm_lite.forward import q_sample
-from ddpm_lite.models import make_model
-from ddpm_lite.schedules import NoiseSchedule
+from ddpm_lite.elbo import vlb_term_bits
+from ddpm_lite.objectives import Objective, learned_log_variance, log_normal_timesteps, network_target, output_to_eps
+from ddpm_lite.schedules import NoiseSchedule, extract
 
 __all__ = ["NonFiniteLossError", "TrainResult", "TrainingInterrupted", "WeightAverages", "ddpm_loss", "ema_update", "train"]
 
@@ -82,12 +83,17 @@ class WeightAverages:
 
 
 def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator: torch.Generator | None = None,
-              y: Tensor | None = None, *, t: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
+              y: Tensor | None = None, *, t: Tensor | None = None, eps: Tensor | None = None,
+              objective: Objective | None = None) -> Tensor:
     """L_simple for a batch, DDPM Algorithm 1: E ||eps - eps_theta(sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps, t)||^2.
 
     x_0: (B, ...) on the model's device; y: optional (B,) int64 labels for a class-conditional model. t (B,) and eps
     (B, ...) are drawn on the CPU from `generator` (t first), unless given, then moved. Returns a scalar.
     math/elbo.tex eq:l-simple
+
+    With an `objective` (`ddpm_lite.objectives.Objective`) whose network outputs x0, v or EDM's F, `model` is its
+    `Denoiser` and is called with native=True; each example's squared error on `network_target` is weighted by
+    objective.weights[t]. math/objectives.tex eq:weighted-loss
     """
     batch = x_0.shape[0]
     if t is None:
@@ -96,8 +102,23 @@ def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator:
         eps = torch.randn(x_0.shape, generator=generator)  # 4. eps ~ N(0, I)
     t, eps = t.to(x_0.device), eps.to(x_0.device, x_0.dtype)
     x_t = q_sample(schedule, x_0, t, eps)  # math/forward.tex eq:reparam
-    eps_theta = model(x_t, t) if y is None else model(x_t, t, y)
-    return F.mse_loss(eps_theta, eps)  # 5. gradient step on ||eps - eps_theta||^2; math/elbo.tex eq:l-simple
+    if objective is None or objective.is_l_simple:
+        eps_theta = model(x_t, t) if y is None else model(x_t, t, y)
+        return F.mse_loss(eps_theta, eps)  # 5. gradient step on ||eps - eps_theta||^2; math/elbo.tex eq:l-simple
+    native = {} if objective.prediction == "eps" and not objective.learned_variance else {"native": True}
+    output = model(x_t, t, **native) if y is None else model(x_t, t, y, **native)
+    if objective.learned_variance:
+        output, v = output.chunk(2, dim=1)
+    alpha_bar = extract(schedule.alpha_bar, t, x_0)
+    target = network_target(objective.prediction, x_0, eps, x_t, alpha_bar, objective.sigma_data)
+    error = (output - target).pow(2).flatten(1).mean(1)  # each example's mean squared error
+    if objective.weights is not None:  # math/objectives.tex eq:weighted-loss
+        error = objective.weights.to(error.device, error.dtype)[t] * error
+    if objective.learned_variance:  # L_hybrid, Improved DDPM sec. 3.1; math/objectives.tex eq:l-hybrid
+        eps_mean = output_to_eps(objective.prediction, output.detach(), x_t, alpha_bar, objective.sigma_data)
+        log_variance = learned_log_variance(schedule, v, t)
+        error = error + objective.vlb_weight * schedule.T * vlb_term_bits(schedule, x_0, x_t, t, eps_mean, log_variance)
+    return error.mean()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -173,7 +194,7 @@ class _Streams:
         self.config, self.share = config, share
         self.generators = [torch.Generator().manual_seed(stream_seed(config.seed, s, restart)) for s in streams]
 
-    def draw(self, data: Tensor, labels: Tensor | None, num_classes: int, T: int):
+    def draw(self, data: Tensor, labels: Tensor | None, num_classes: int, schedule: NoiseSchedule):
         """This process's part of a batch: (x_0, y or None, t, eps), the streams' shares one after another."""
         parts = []
         for generator in self.generators:
@@ -186,7 +207,10 @@ class _Streams:
             if self.config.random_flip:  # DDPM's augmentation: a left-right mirror image is as likely as the image
                 flip = (torch.rand(self.share, generator=generator) < 0.5).to(data.device)
                 x_0 = torch.where(flip[:, None, None, None], x_0.flip(-1), x_0)
-            t = torch.randint(0, T, (self.share,), generator=generator)  # DDPM Algorithm 1, line 3
+            if self.config.noise_levels == "log-normal":  # EDM's ln sigma ~ N(-1.2, 1.2^2); math/objectives.tex eq:log-normal-levels
+                t = log_normal_timesteps(schedule, torch.randn(self.share, generator=generator))
+            else:
+                t = torch.randint(0, schedule.T, (self.share,), generator=generator)  # DDPM Algorithm 1, line 3
             eps = torch.randn(x_0.shape, generator=generator)  # line 4
             parts.append((x_0, y, t, eps))
         if len(parts) == 1:
@@ -226,6 +250,10 @@ def train(
     compile: bool = False,
 ) -> TrainResult:
     """Train an eps-predictor on `data` (N, ...) with DDPM Algorithm 1 for `steps` (default config.steps) steps.
+
+    The config's objective options (`prediction`, `loss_weighting`, `noise_levels`; math/objectives.tex) train an
+    x0-, v- or EDM network instead, or weight the noise levels otherwise; the result's model and EMA are then
+    `Denoiser`s, which return eps to every sampler.
 
     A class-conditional model (UNetConfig.num_classes > 0) needs `labels` (N,) int64; each step replaces a fraction
     `config.label_dropout` of them by the model's "no label" (classifier-free guidance, Ho & Salimans 2022, Algorithm 1).
@@ -270,7 +298,10 @@ def train(
                          f"got {labels.dtype} {tuple(labels.shape)}")
 
     torch.manual_seed(config.seed)
-    model = make_model(config.model).to(device)
+    model = make_network(config).to(device)  # a Denoiser around the network unless it predicts eps
+    objective = Objective.of(schedule, config.prediction, config.loss_weighting, gamma=config.min_snr_gamma,
+                             sigma_data=config.sigma_data, learned_variance=config.model.learn_variance,
+                             vlb_weight=config.vlb_weight)
     if config.channels_last:  # the same numbers in another memory order: oneDNN's and cuDNN's faster convolutions
         model = model.to(memory_format=torch.channels_last)
     if rank > 0:  # the same initial weights everywhere, then each process its own dropout masks
@@ -341,9 +372,9 @@ def train(
         try:
             while step < end and not out_of_time:
                 rng_at_step = (draws.states(), torch.get_rng_state())  # what a resume from `step` starts with
-                x_0, y, t, eps = draws.draw(data, labels, num_classes, schedule.T)
+                x_0, y, t, eps = draws.draw(data, labels, num_classes, schedule)
                 with autocast:
-                    loss = ddpm_loss(network, schedule, x_0, y=y, t=t, eps=eps)
+                    loss = ddpm_loss(network, schedule, x_0, y=y, t=t, eps=eps, objective=objective)
                 if world == 1 and not torch.isfinite(loss):  # in a group: checked below, on every process at once
                     kept = f"the last good checkpoint is {last_checkpoint or (out and out / CHECKPOINT_NAME)}"
                     raise NonFiniteLossError(f"loss is {loss.item()} at step {step + 1}; stopping ({kept}, unchanged)")
