@@ -1,6 +1,7 @@
 """Sample quality per CPU-minute: the course's MNIST recipe against a diffusers baseline, same data, same budget.
 
-    python scripts/quality_per_minute.py [--minutes 10] [--threads 2] [--samples 300] [--out FILE.csv]
+    python scripts/quality_per_minute.py [--minutes 10] [--threads 2] [--samples 300] [--previous PRESET]
+        [--out FILE.csv]
 
 In one run on one machine, with the thread count fixed:
 1. trains `ddpm_lite`'s `mnist` preset (UNet of `ddpm_lite.models`, cosine betas, AdamW 1e-3 with warm-up, gradient
@@ -15,7 +16,12 @@ In one run on one machine, with the thread count fixed:
    4,500 training digits; times DDPM-1000, DDIM-50 and DDIM-20 per image; and compares the DDIM-50 sampler's time
    with the time of its network calls alone (the sampler's own overhead).
 
-Prints a markdown table; the last line is `frechet_ratio=<ddpm_lite / baseline>`. Achieved GFLOP/s counts the
+4. trains a third row, `--previous` (default `mnist-round1`, the `mnist` preset before its second tuning round), for
+   the same wall time, and prints the second round's targets with their verdicts: at least 90% confident digits,
+   10/10 classes, and a Frechet distance at most half of the previous preset's in the same run.
+
+Prints a markdown table (with the Frechet distance's bootstrap standard error); the last line is
+`frechet_ratio=<ddpm_lite / baseline>`. Achieved GFLOP/s counts the
 network's multiply-adds as 2 FLOPs (torch's FlopCounterMode over one training step, forward and backward), against
 a measured float32 matrix-multiply peak (2048 x 2048) on the same threads.
 """
@@ -40,6 +46,7 @@ from ddpm_lite.schedules import NoiseSchedule
 from ddpm_lite.train import train
 
 BATCH = 64  # both recipes
+PREVIOUS = "mnist-round1"  # the `mnist` preset before its second tuning round: the third row
 
 
 class DiffusersEps(nn.Module):
@@ -136,7 +143,7 @@ def evaluate(name: str, model: nn.Module, schedule: NoiseSchedule, train_steps: 
     images_per_second = train_steps * BATCH / seconds
     samples = sample_in_batches(lambda rows, g: ddim_sample(model, schedule, (len(range(n)[rows]), 1, 28, 28), steps=100,
                                                             eta=1.0, generator=g, progress=False), n, 50, seed=1000)
-    metrics = digit_metrics(samples.clamp(-1, 1), reference, classifier)
+    metrics = digit_metrics(samples.clamp(-1, 1), reference, classifier, resamples=100)
     shape = lambda b: (b, 1, 28, 28)  # noqa: E731
     return dict(
         name=name, parameters=count_parameters(model), steps=train_steps, images_per_second=images_per_second,
@@ -151,10 +158,25 @@ def evaluate(name: str, model: nn.Module, schedule: NoiseSchedule, train_steps: 
     )
 
 
+def target_lines(ours: dict, previous: dict) -> list[str]:
+    """The tuning targets of the `mnist` preset's second round, each with its verdict: at least 90% of the DDIM-100
+    samples classified with confidence >= 0.9, all 10 classes, and a Frechet distance at most half of the previous
+    preset's in the same run."""
+    mine, before = ours["metrics"], previous["metrics"]
+    half = before.frechet_distance / 2
+    checks = [(f"confident share >= 90%: {mine.confident_share:.1%}", mine.confident_share >= 0.9),
+              (f"classes covered 10/10: {mine.classes_covered}/10", mine.classes_covered == 10),
+              (f"Frechet distance <= half of {previous['name']}'s {before.frechet_distance:.2f} in this run "
+               f"(<= {half:.2f}): {mine.frechet_distance:.2f}", mine.frechet_distance <= half)]
+    return [f"target: {text} ({'met' if met else 'NOT met'})" for text, met in checks]
+
+
 def main() -> None:
     parser = script_parser(__doc__)
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall time per recipe")
     parser.add_argument("--samples", type=int, default=300, help="samples per model for the digit metrics")
+    parser.add_argument("--previous", default=PREVIOUS, choices=sorted(CONFIGS),
+                        help=f"the preset of the third row, trained for the same time (default {PREVIOUS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     seconds = args.minutes * 60
@@ -167,36 +189,45 @@ def main() -> None:
     print(f"float32 matmul peak on {args.threads} threads: {peak:.1f} GFLOP/s", flush=True)
     classifier = load_digit_classifier()
 
-    config = CONFIGS["mnist"]
-    ours = train(config, images, steps=10**9, device="cpu", progress=False, max_seconds=seconds)
-    print(f"ddpm_lite: {len(ours.losses)} steps in {ours.seconds:.0f} s", flush=True)
-    baseline, baseline_schedule, baseline_steps = train_baseline(images, seconds)
-    print(f"baseline: {baseline_steps} steps in {seconds:.0f} s", flush=True)
+    runs = {}
+    for preset in ("mnist", args.previous):
+        config = CONFIGS[preset]
+        runs[preset] = train(config, images, steps=10**9, device="cpu", progress=False, max_seconds=seconds)
+        print(f"ddpm_lite `{preset}`: {len(runs[preset].losses)} steps in {runs[preset].seconds:.0f} s", flush=True)
+        if preset == "mnist":  # the baseline second, as before this row was added
+            baseline, baseline_schedule, baseline_steps = train_baseline(images, seconds)
+            print(f"baseline: {baseline_steps} steps in {seconds:.0f} s", flush=True)
 
-    rows = [
-        evaluate("ddpm_lite `mnist` preset (EMA weights)", ours.ema.eval(), NoiseSchedule.named(config.schedule, config.T),
-                 len(ours.losses), ours.seconds, peak, images, classifier, args.samples),
-        evaluate("diffusers UNet2DModel + DDPMScheduler (HF course recipe)", baseline, baseline_schedule,
-                 baseline_steps, seconds, peak, images, classifier, args.samples),
-    ]
+    def ours(preset: str, label: str) -> dict:
+        config = CONFIGS[preset]
+        return evaluate(f"ddpm_lite `{preset}` preset{label} (EMA weights)", runs[preset].ema.eval(),
+                        NoiseSchedule.named(config.schedule, config.T), len(runs[preset].losses),
+                        runs[preset].seconds, peak, images, classifier, args.samples)
+
+    rows = [ours("mnist", ""),
+            evaluate("diffusers UNet2DModel + DDPMScheduler (HF course recipe)", baseline, baseline_schedule,
+                     baseline_steps, seconds, peak, images, classifier, args.samples),
+            ours(args.previous, ", before round 2")]
     print("\n| recipe | parameters | steps | train images/s | GFLOP/s counted (% of matmul peak) | Frechet (classifier, not FID) "
-          "| confident | classes | s/image DDPM-1000 | DDIM-50 | DDIM-20 | sampler overhead |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| SE | confident | classes | s/image DDPM-1000 | DDIM-50 | DDIM-20 | sampler overhead |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         m = r["metrics"]
         print(f"| {r['name']} | {r['parameters']:,} | {r['steps']:,} | {r['images_per_second']:.0f} | "
               f"{r['gflops']:.1f} ({100 * r['gflops'] / r['peak']:.0f}%) | {m.frechet_distance:.2f} | "
-              f"{m.confident_share:.0%} | {m.classes_covered}/10 | {r['ddpm']:.3f} | {r['ddim50']:.4f} | "
-              f"{r['ddim20']:.4f} | {r['overhead']:.1%} |")
-    print(f"\nquality samples: {args.samples} per model, DDIM-100 with eta = 1, the same starting noise for both")
+              f"{m.frechet_se:.2f} | {m.confident_share:.0%} | {m.classes_covered}/10 | {r['ddpm']:.3f} | "
+              f"{r['ddim50']:.4f} | {r['ddim20']:.4f} | {r['overhead']:.1%} |")
+    print(f"\nquality samples: {args.samples} per model, DDIM-100 with eta = 1, the same starting noise for all")
     worst = max(r["overhead"] for r in rows)
     print(f"sampler overhead beyond the network's forward passes (DDIM-50, batch 32): at most {worst:.1%} "
           f"({'under' if worst < 0.05 else 'NOT under'} 5%)")
+    for line in target_lines(rows[0], dict(rows[2], name=f"`{args.previous}`")):
+        print(line)
     ratio = rows[0]["metrics"].frechet_distance / rows[1]["metrics"].frechet_distance
     if args.out:
         flat = [{**{k: v for k, v in r.items() if k != "metrics"}, "frechet_distance": r["metrics"].frechet_distance,
-                 "confident_share": r["metrics"].confident_share, "classes_covered": r["metrics"].classes_covered}
-                for r in rows]
+                 "frechet_se": r["metrics"].frechet_se, "confident_share": r["metrics"].confident_share,
+                 "classes_covered": r["metrics"].classes_covered} for r in rows]
         print(f"wrote {write_rows(flat, args.out)}")
     print(f"frechet_ratio={ratio:.3f}")
 

@@ -18,7 +18,9 @@ parts that do not disturb each other:
     python scripts/tune_mnist.py report DIR
         the markdown table of all variants.
 
-A variant changes one thing against the `mnist-ddpm` preset, the recipe before tuning (or combines changes); `--variants a,b` picks some.
+A round-1 variant changes one thing against the `mnist-ddpm` preset, the recipe before tuning (or combines changes);
+a round-2 variant (`mnist`, `mnist-CHANGE`, each also `-seed1` and `-seed2`) changes one thing against the `mnist`
+preset, round 1's result. `--variants a,b` picks some.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ from torch import nn
 from ddpm_lite.checkpoints import config_to_dict
 from ddpm_lite.configs import CONFIGS, TrainConfig
 from ddpm_lite.data import load_mnist
-from ddpm_lite.digits import digit_metrics, load_digit_classifier
+from ddpm_lite.digits import load_digit_classifier
+from ddpm_lite.evaluate import digit_quality
 from ddpm_lite.models import count_parameters, make_model
-from ddpm_lite.samplers import ddim_sample
 from ddpm_lite.schedules import NoiseSchedule
 from ddpm_lite.train import WeightAverages, ddpm_loss, train
 
@@ -71,6 +73,25 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "cosine-noattn-seed1": ("cosine schedule, no attention, another seed", dict(schedule="cosine", seed=1),
                             dict(attention_resolutions=())),
 }
+# Round 2 starts from round 1's result, the `mnist` preset (cosine betas, EMA with warm-up, channels_last), and tries
+# the objectives of math/objectives.tex (screened by scripts/compare_objectives.py) and dropping attention, each with
+# seeds 0, 1 and 2, since one run resolves only large differences (round 1's seed spread).
+ROUND1 = dict(schedule="cosine", ema_warmup=True, channels_last=True)
+ROUND2: dict[str, tuple[str, dict, dict]] = {  # change -> (what, TrainConfig fields, UNetConfig fields)
+    "": ("", {}, {}),
+    "x0": ("x_0-prediction", dict(prediction="x0"), {}),
+    "min-snr": ("min-SNR-5 weighting", dict(loss_weighting="min-snr"), {}),
+    "v": ("v-prediction", dict(prediction="v"), {}),
+    "v-min-snr": ("v-prediction, min-SNR-5 weighting", dict(prediction="v", loss_weighting="min-snr"), {}),
+    "v-min-snr-noattn": ("v-prediction, min-SNR-5 weighting, no attention",
+                         dict(prediction="v", loss_weighting="min-snr"), dict(attention_resolutions=())),
+}
+for _change, (_what, _fields, _model_fields) in ROUND2.items():
+    for _seed in (0, 1, 2):
+        _name = "mnist" + (f"-{_change}" if _change else "") + (f"-seed{_seed}" if _seed else "")
+        VARIANTS[_name] = (", ".join(["the `mnist` preset (round 1)"] + [_what] * bool(_what)
+                                     + [f"seed {_seed}"] * bool(_seed)),
+                           {**ROUND1, **_fields, "seed": _seed}, _model_fields)
 # Weight averages kept side by side in every run: name -> (decay, warm-up); "raw" is the trained weights themselves.
 AVERAGES: dict[str, tuple[float, bool] | None] = {
     "raw": None, "ema0.99": (0.99, False), "ema0.995": (0.995, False), "ema0.999": (0.999, False),
@@ -173,13 +194,13 @@ def speed(args) -> None:
 
 def evaluate(model: nn.Module, schedule: NoiseSchedule, reference: torch.Tensor, classifier: nn.Module,
              n: int = SAMPLES) -> dict:
-    was_training = model.training
-    model.eval()
-    samples = ddim_sample(model, schedule, (n, 1, 28, 28), steps=SAMPLE_STEPS, eta=1.0,
-                          generator=torch.Generator().manual_seed(1000), progress=False)
-    model.train(was_training)
-    m = digit_metrics(samples.cpu().clamp(-1, 1), reference, classifier)
-    return dict(frechet=round(m.frechet_distance, 3), confident=round(m.confident_share, 4), classes=m.classes_covered)
+    """`evaluate.digit_quality`, the protocol of quality_per_minute.py: n DDIM-100 (eta = 1) samples in batches of
+    50, batch k seeded 1000 + its first row, with the Frechet distance's bootstrap standard error. (Round 1 of the
+    record drew its 300 samples as one batch seeded 1000, without standard errors.)"""
+    quality = digit_quality(model, schedule, n, reference, classifier, steps=SAMPLE_STEPS)
+    return dict(frechet=quality["frechet_distance"], frechet_se=quality["frechet_se"],
+                confident=quality["confident_share"], confident_se=quality["confident_se"],
+                classes=quality["classes_covered"])
 
 
 def quality_one(args) -> None:
@@ -241,7 +262,7 @@ def quality(args) -> None:
             steps = int(float(row["images_per_second"]) * args.minutes * 60 / int(row["batch"]))
             command = [sys.executable, __file__, "quality-one", "--variant", name, "--steps", str(steps),
                        "--device", args.device, "--threads", str(args.threads), "--samples", str(args.samples),
-                       "--out", str(out / f"{name}.json")]
+                       "--averages", ",".join(args.averages), "--out", str(out / f"{name}.json")]
             if deadline:
                 command += ["--max-seconds", str(max(30, deadline - time.time()))]
             print(f"start {name}: {steps} steps", flush=True)
@@ -288,6 +309,7 @@ def main() -> None:
     p.add_argument("--deadline", type=float, default=0, help="seconds from now after which runs stop and evaluate")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--samples", type=int, default=SAMPLES, help="samples per evaluation (fewer only for trying it out)")
+    p.add_argument("--averages", default=",".join(AVERAGES), help="weight averages to evaluate")
     p.add_argument("--out", required=True)
     p = sub.add_parser("quality-one")
     p.add_argument("--variant", required=True, choices=sorted(VARIANTS))

@@ -1,11 +1,14 @@
 """The scripts from their command lines. scripts/tune_mnist.py: each variant changes what it says, and a 2-step
 quality run (4 samples) and its report run end to end (its side-by-side weight averages, `train.WeightAverages`, are
 tested in tests/test_train.py). scripts/gpu_throughput.py: its smoke mode runs on the CPU and its two networks are
-DDPM's CIFAR-10 network at the same size."""
+DDPM's CIFAR-10 network at the same size. scripts/compare_objectives.py: each objective changes only the objective,
+and a 2-step run of two objectives and its report run end to end."""
 
 import csv
 import dataclasses
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +32,9 @@ def test_variants_change_what_they_say():
     assert _show("preset") == config_to_dict(CONFIGS["mnist-ddpm"])
     assert _show("cosine") == config_to_dict(dataclasses.replace(CONFIGS["mnist-ddpm"], schedule="cosine"))
     assert _show("no-attn")["model"]["attention_resolutions"] == []
+    round_1 = dict(config_to_dict(CONFIGS["mnist"]), name="mnist-ddpm")  # round 2 starts from the `mnist` preset
+    assert _show("mnist") == round_1
+    assert _show("mnist-v-min-snr-seed2") == dict(round_1, prediction="v", loss_weighting="min-snr", seed=2)
 
 
 def test_quality_one_and_report_run(tmp_path):
@@ -91,7 +97,26 @@ def test_fast_samplers_mnist_runs_and_gives_each_sampler_its_budget(tmp_path):
         ("heun", "trailing", "2", "3"), ("dpmpp-2m", "trailing", "3", "3"),
         ("heun", "trailing", "5", "9"), ("dpmpp-2m", "trailing", "10", "10")]
     assert all(float(row["frechet_distance"]) > 0 and float(row["frechet_se"]) > 0 and row["n"] == "4" for row in rows)
-    assert "| mnist | dpmpp-2m | karras | 10 | 10 | 10 | 4 |" in printed
+    assert "| mnist | dpmpp-2m | karras | 157.4 | 10 | 10 | 10 | 4 |" in printed  # sigma_0: linear betas' top level
+    assert [row["sigma_max"] for row in rows[:3]] == ["", "157.4", "157.4"]  # DDIM's grid is its own
+
+
+def test_fast_samplers_mnist_caps_the_karras_grid_and_refuses_a_cap_on_timestep_spacings(tmp_path):
+    """--sigma-max 80 on the tuned preset's cosine schedule (top level 20,291): the rows' sigma_max column is the cap;
+    a cap with the trailing spacing is refused before any sampling."""
+    out = tmp_path / "capped.csv"
+    checkpoint = SCRIPTS.parent / "checkpoints" / "mnist_tuned.pt"
+    command = [sys.executable, str(SCRIPTS / "fast_samplers_mnist.py"), str(checkpoint), "--n", "4", "--batch", "4",
+               "--nfe", "3", "--samplers", "dpmpp-2m", "--spacing", "karras", "log-snr", "--sigma-max", "80",
+               "--no-ddpm", "--out", str(out)]
+    printed = subprocess.run(command, check=True, capture_output=True, text=True, timeout=600).stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["spacing"], row["sigma_max"]) for row in rows] == [("karras", "80.0"), ("log-snr", "80.0")]
+    assert "| mnist_tuned | dpmpp-2m | karras | 80.0 | 3 | 3 | 3 | 4 |" in printed
+    command[command.index("log-snr")] = "trailing"
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2 and "--sigma-max caps the karras and log-snr grids" in finished.stderr
+    assert "['trailing']" in finished.stderr
 
 
 def test_the_ratio_line_picks_the_best_sampler_within_ten_evaluations():
@@ -109,6 +134,8 @@ def test_the_ratio_line_picks_the_best_sampler_within_ten_evaluations():
     # ratio 1.4, relative SEs 0.03 and 0.04: 1.4 * hypot(0.03, 0.04) = 1.4 * 0.05 = 0.07
     assert ratio_lines(rows) == ["m: best at 10 NFE is dpmpp-2m (10 NFE, karras), Frechet 14.00 +- 0.56 against "
                                  "DDPM-1000 10.00 +- 0.30: ratio 1.40 +- 0.07 (goal <= 1.5)"]
+    rows[2]["sigma_max"] = 80.0  # a capped grid names its top level
+    assert ratio_lines(rows)[0].startswith("m: best at 10 NFE is dpmpp-2m (10 NFE, karras, sigma_0 80.0), Frechet 14.00")
 
 
 def test_tune_mnist_times_the_training_loop_through_its_callback():
@@ -152,3 +179,81 @@ def test_sigma_max_check_caps_the_karras_grid_and_rejects_a_bad_cap(tmp_path):
     finished = subprocess.run([sys.executable, str(SCRIPTS / "sigma_max_check.py"), "missing.pt", "--cap", "0"],
                               capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2 and "--cap must be positive, got 0.0" in finished.stderr
+
+
+def _compare_objectives(*arguments: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(SCRIPTS / "compare_objectives.py"), *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "DDPM_LITE_OFFLINE": "1"})
+
+
+def test_compare_objectives_changes_only_the_objective():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from compare_objectives import OBJECTIVES, objective_config
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    base = config_to_dict(CONFIGS["mnist"])
+    for name in OBJECTIVES:
+        changed = {key for key, value in config_to_dict(objective_config(name)).items() if base[key] != value}
+        assert changed <= {"name", "model", "prediction", "loss_weighting", "noise_levels"}, (name, changed)
+    assert objective_config("eps").prediction == "eps" and objective_config("eps").loss_weighting is None
+    assert objective_config("hybrid").model.learn_variance and not objective_config("v").model.learn_variance
+    edm = objective_config("edm")
+    assert (edm.prediction, edm.loss_weighting, edm.noise_levels) == ("edm", "edm", "log-normal")
+
+
+def test_compare_objectives_runs_and_reports_paired_bits_per_dim(tmp_path):
+    """Two objectives for 2 steps (2 samples, 2 held-out digits): the record, the exported model, the learned
+    variances scored both ways, and a report whose bits/dim are paired with eps's on the same digits."""
+    for name in ("eps", "hybrid"):
+        finished = _compare_objectives("run", "--objective", name, "--steps", "2", "--every", "1", "--samples", "2",
+                                       "--digits", "2", "--threads", "1", "--out", str(tmp_path))
+        assert finished.returncode == 0, finished.stderr
+    record = json.loads((tmp_path / "hybrid.json").read_text())
+    assert [e["step"] for e in record["evaluations"]] == [1, 2] and record["config"]["model"]["learn_variance"]
+    assert set(record["bits_per_dim"]) == {"posterior", "learned"} and len(record["digits"]) == 2
+    assert (tmp_path / "hybrid.pt").exists()
+    out = tmp_path / "objectives.csv"
+    printed = _compare_objectives("report", str(tmp_path), "--out", str(out)).stdout
+    assert "| eps | posterior | 2 |" in printed and "| hybrid | learned | 2 |" in printed
+    bpd = list(csv.DictReader((tmp_path / "objectives_bpd.csv").open()))
+    assert [(row["objective"], row["variance"]) for row in bpd] == [("eps", "posterior")] * 2 + [
+        ("hybrid", "posterior")] * 2 + [("hybrid", "learned")] * 2
+    assert [row["digit"] for row in bpd] == [str(d) for d in record["digits"]] * 3
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from compare_objectives import bits_per_dim_summary
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    summary = {(row["objective"], row["variance"]): row for row in bits_per_dim_summary(bpd)}
+    assert summary[("eps", "posterior")]["minus_eps"] == 0 and summary[("hybrid", "learned")]["minus_eps_se"] > 0
+    hybrid = [float(row["bits_per_dim"]) for row in bpd[4:]]
+    assert math.isclose(summary[("hybrid", "learned")]["bits_per_dim"], sum(hybrid) / 2, rel_tol=1e-12)
+    assert len(list(csv.DictReader(out.open()))) == 4  # two evaluations of each
+
+
+def test_compare_objectives_rejects_an_unknown_objective_and_a_bad_count():
+    finished = _compare_objectives("all", "--objectives", "eps,vee", "--out", "unused")
+    assert finished.returncode == 2 and "unknown ['vee']" in finished.stderr
+    finished = _compare_objectives("run", "--objective", "eps", "--steps", "0", "--out", "unused")
+    assert finished.returncode == 2 and "--steps must be at least 1, got 0" in finished.stderr
+
+
+def test_quality_per_minute_states_each_round_2_target_with_its_verdict():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from quality_per_minute import PREVIOUS, target_lines
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    from types import SimpleNamespace
+    assert PREVIOUS in CONFIGS
+
+    def row(frechet, confident, classes):
+        return {"metrics": SimpleNamespace(frechet_distance=frechet, confident_share=confident, classes_covered=classes)}
+
+    met = target_lines(row(2.0, 0.91, 10), dict(row(4.2, 0.8, 10), name="`mnist-round1`"))
+    assert met == ["target: confident share >= 90%: 91.0% (met)", "target: classes covered 10/10: 10/10 (met)",
+                   "target: Frechet distance <= half of `mnist-round1`'s 4.20 in this run (<= 2.10): 2.00 (met)"]
+    missed = target_lines(row(2.2, 0.899, 9), dict(row(4.2, 0.8, 10), name="`mnist-round1`"))
+    assert [line.endswith("(NOT met)") for line in missed] == [True, True, True]
