@@ -36,6 +36,8 @@ SOLVED = [  # (checker, solution file, function)
     ("check_guided_eps", "09_guidance", "your_guided_eps"),
     ("check_heun_step", "10_fast_sampling", "your_heun_step"),
     ("check_dpmpp_2m_step", "10_fast_sampling", "your_dpmpp_2m_step"),
+    ("check_v_target", "11_objectives", "your_v_target"),
+    ("check_eps_from_v", "11_objectives", "your_eps_from_v"),
 ]
 
 
@@ -60,7 +62,7 @@ def test_the_solution_passes(check, notebook, name, capsys):
     and eq:posterior-variance (q_posterior), eq:gaussian-kl (normal_kl), eq:l-simple (the loss), eq:ddpm-step with
     eq:reverse-variance-choices (ddpm_step), eq:ddim-step with eq:ddim-sigma (ddim_step), eq:score-from-eps,
     eq:tweedie (the score view, where eq:predict-x0 names the usual confusion), eq:cfg (guidance), eq:heun-step and
-    eq:dpmpp-2m (the solvers of notebook 10)."""
+    eq:dpmpp-2m (the solvers of notebook 10), eq:v-definition and eq:eps-from-v (v-prediction, notebook 11)."""
     assert getattr(exercises, check)(solution(notebook, name)) is True
     out = capsys.readouterr().out
     assert out.startswith(f"{check}: {name} matches ") and out.count("\n") == 1
@@ -242,6 +244,27 @@ def dpmpp_steps_in_sigma(x_bar, sigma, sigma_next, denoised, denoised_prev, sigm
                                                                       - denoised_prev / (2 * r))
 
 
+def v_target_plus_x0(schedule, x_0, t, eps):
+    alpha_bar = ex(schedule.alpha_bar, t, x_0)
+    return alpha_bar.sqrt() * eps + (1 - alpha_bar).sqrt() * x_0
+
+
+def v_target_without_roots(schedule, x_0, t, eps):
+    alpha_bar = ex(schedule.alpha_bar, t, x_0)
+    return alpha_bar * eps - (1 - alpha_bar) * x_0
+
+
+def eps_from_v_swapped(schedule, x_t, t, v):
+    alpha_bar = ex(schedule.alpha_bar, t, x_t)
+    return alpha_bar.sqrt() * x_t + (1 - alpha_bar).sqrt() * v
+
+
+def eps_from_v_as_from_x0(schedule, x_t, t, v):
+    """The x_0 conversion (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar) applied to v."""
+    alpha_bar = ex(schedule.alpha_bar, t, x_t)
+    return (x_t - alpha_bar.sqrt() * v) / (1 - alpha_bar).sqrt()
+
+
 WRONG = [  # (checker, wrong version, fragments the message must contain)
     ("check_q_sample", q_sample_without_root, ["coefficient of x_0", "sqrt(alpha_bar[t]) without the square root"]),
     ("check_q_sample", q_sample_with_beta, ["coefficient of eps", "with alpha[t] in place of alpha_bar[t]"]),
@@ -279,6 +302,10 @@ WRONG = [  # (checker, wrong version, fragments the message must contain)
      ["coefficient of denoised is", "the first-order step (DDIM)", "coefficient of denoised_prev is 0 "]),
     ("check_dpmpp_2m_step", dpmpp_r_upside_down, ["coefficient of denoised ", "r upside down"]),
     ("check_dpmpp_2m_step", dpmpp_steps_in_sigma, ["coefficient of denoised ", "measured in sigma"]),
+    ("check_v_target", v_target_plus_x0, ["coefficient of x_0", "x_0 enters with a minus"]),
+    ("check_v_target", v_target_without_roots, ["coefficient of eps", "coefficient of x_0", "without the square root"]),
+    ("check_eps_from_v", eps_from_v_swapped, ["coefficient of x_t", "are the two swapped?"]),
+    ("check_eps_from_v", eps_from_v_as_from_x0, ["coefficient of x_t is", "coefficient of v is"]),
 ]
 
 

@@ -12,6 +12,8 @@ Where each checker lives (each module's docstring lists its checkers' signatures
                           the timestep embedding)
     sampling              notebooks 06-09: check_ddpm_step, check_ddim_step, check_score_from_eps,
                           check_tweedie_x0, check_guided_eps (DDPM and DDIM steps, the score, guidance)
+    objectives            notebook 11: check_v_target, check_eps_from_v (v-prediction's target, and the noise a
+                          v-prediction stands for)
     solvers               notebook 10: check_heun_step, check_dpmpp_2m_step (steps of EDM's Heun sampler and of
                           DPM-Solver++ 2M in the sigma view)
     _engine               the grading engine: calling your function safely, comparing, and naming the mistake
@@ -24,8 +26,9 @@ from ddpm_lite.exercises.forward_and_training import (
 from ddpm_lite.exercises.sampling import (
     check_ddim_step, check_ddpm_step, check_guided_eps, check_score_from_eps, check_tweedie_x0,
 )
+from ddpm_lite.exercises.objectives import check_eps_from_v, check_v_target
 from ddpm_lite.exercises.solvers import check_dpmpp_2m_step, check_heun_step
 
-__all__ = ["check_ddim_step", "check_ddpm_loss", "check_ddpm_step", "check_dpmpp_2m_step", "check_guided_eps",
-           "check_heun_step", "check_normal_kl", "check_q_posterior", "check_q_sample", "check_score_from_eps",
-           "check_timestep_embedding", "check_tweedie_x0"]
+__all__ = ["check_ddim_step", "check_ddpm_loss", "check_ddpm_step", "check_dpmpp_2m_step", "check_eps_from_v",
+           "check_guided_eps", "check_heun_step", "check_normal_kl", "check_q_posterior", "check_q_sample",
+           "check_score_from_eps", "check_timestep_embedding", "check_tweedie_x0", "check_v_target"]
