@@ -47,6 +47,9 @@ class TrainConfig:
     sigma_data: float = 0.5  # EDM's data standard deviation, for prediction or loss_weighting "edm" (EDM: 0.5)
     noise_levels: Literal["uniform", "log-normal"] = "uniform"  # how t is drawn: DDPM's uniform t, or EDM's ln sigma ~ N(-1.2, 1.2^2)
     vlb_weight: float = 0.001  # lambda of L_hybrid = L_simple + lambda L_vlb when the network learns its variances (Improved DDPM: 0.001)
+    # Reflow (Liu et al. 2023; ddpm_lite.flow.reflow_pairs), with prediction="flow": each training row is a sample
+    # and the noise the previous flow mapped to it, concatenated on dim 1, so eps is read from the row, not drawn.
+    paired_noise: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_dropout < 1.0:
@@ -61,6 +64,13 @@ class TrainConfig:
         check_finite_number("vlb_weight", self.vlb_weight, minimum=0.0)
         if self.noise_levels not in ("uniform", "log-normal"):
             raise ValueError(f"noise_levels must be 'uniform' or 'log-normal', got {self.noise_levels!r}")
+        if self.prediction == "flow" and self.noise_levels != "uniform":
+            raise ValueError(f"noise_levels must be 'uniform' for prediction='flow' (tau = (t + 1/2) / T), got "
+                             f"{self.noise_levels!r}")
+        if self.prediction == "flow" and self.model.learn_variance:
+            raise ValueError("prediction='flow' learns no variances: set the model's learn_variance=False")
+        if self.paired_noise and self.prediction != "flow":
+            raise ValueError(f"paired_noise (reflow) needs prediction='flow', got prediction={self.prediction!r}")
 
 
 def make_network(config: TrainConfig) -> nn.Module:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ddpm_lite.checks import check_finite_number
 from ddpm_lite.elbo import vlb_weights
+from ddpm_lite.flow import linear_from_vp, velocity_to_eps
 from ddpm_lite.schedules import NoiseSchedule, extract
 
 __all__ = ["Denoiser", "NetworkOutput", "Objective", "Prediction", "Weighting", "check_objective", "convert",
@@ -30,7 +31,8 @@ __all__ = ["Denoiser", "NetworkOutput", "Objective", "Prediction", "Weighting", 
            "network_target", "output_to_eps", "relative_weights", "timestep_weights", "to_eps", "vdm_lambda"]
 
 Prediction = Literal["eps", "x0", "v", "score"]  # what a predictor's output is; `to_eps` and `from_eps` convert
-NetworkOutput = Literal["eps", "x0", "v", "edm"]  # what a trained network outputs (TrainConfig.prediction)
+NetworkOutput = Literal["eps", "x0", "v", "edm", "flow"]  # what a trained network outputs (TrainConfig.prediction);
+# "flow": the velocity of the linear path (ddpm_lite.flow), trained with the flow-matching loss
 Weighting = Literal["eps", "x0", "v", "min-snr", "elbo", "edm"]  # TrainConfig.loss_weighting
 NATIVE_WEIGHTING: dict[str, str] = {"eps": "eps", "x0": "x0", "v": "v", "edm": "edm"}  # each output's plain MSE
 
@@ -47,11 +49,15 @@ def _check_positive(name: str, value: object) -> None:
 
 
 def check_objective(prediction: object, weighting: object, gamma: object, sigma_data: object) -> None:
-    """Raise ValueError naming the argument unless `prediction` is a NetworkOutput, `weighting` a Weighting (or None),
-    and `gamma` (min-SNR's) and `sigma_data` (EDM's) finite numbers > 0."""
+    """Raise ValueError naming the argument unless `prediction` is a NetworkOutput, `weighting` a Weighting (or None;
+    None for "flow", whose loss draws its own flow times), and `gamma` (min-SNR's) and `sigma_data` (EDM's) finite
+    numbers > 0."""
     _check_choice("prediction", prediction, get_args(NetworkOutput))
     if weighting is not None:
         _check_choice("loss_weighting", weighting, get_args(Weighting))
+        if prediction == "flow":
+            raise ValueError(f"loss_weighting must be None for prediction='flow' (the flow-matching loss weights the "
+                             f"noise levels itself, math/flow_matching.tex eq:cfm-weighting), got {weighting!r}")
     _check_positive("min_snr_gamma", gamma)
     _check_positive("sigma_data", sigma_data)
 
@@ -148,9 +154,9 @@ def relative_weights(schedule: NoiseSchedule, prediction: NetworkOutput, weighti
     `weighting`'s: w_weighting / w_prediction (eq:weighted-loss; e.g. min-SNR for a v-network is min(SNR, gamma) /
     (SNR + 1), Hang et al. 2023, sec. 3.4). None when the two are the same (the plain MSE of the output)."""
     check_objective(prediction, weighting, gamma, sigma_data)
-    native = NATIVE_WEIGHTING[prediction]
-    if weighting is None or weighting == native:
+    if weighting is None or weighting == NATIVE_WEIGHTING[prediction]:
         return None
+    native = NATIVE_WEIGHTING[prediction]
     options = dict(gamma=gamma, sigma_data=sigma_data)
     return timestep_weights(schedule, weighting, **options) / timestep_weights(schedule, native, **options)
 
@@ -250,7 +256,13 @@ class Denoiser(nn.Module):
     training loss compares with `network_target`. For "edm" the network sees c_in x_bar and, in place of EDM's
     c_noise = ln(sigma) / 4, the timestep t: a one-to-one relabelling of the noise level, which the timestep
     embedding learns as well (math/objectives.tex, section "EDM's preconditioning"). The schedule's tables are
-    buffers that are not saved: the weights are the network's, under `network.`."""
+    buffers that are not saved: the weights are the network's, under `network.`.
+
+    For "flow" the network is a velocity field of the linear path (`ddpm_lite.flow`): at code timestep t the VP point
+    x_t is moved to the linear path's point with the same x_0 and eps, x_lin at tau = sigma_t / (1 + sigma_t), the
+    network called there at T tau (math/flow_matching.tex eq:linear-vp-change, eq:flow-time), and its velocity
+    turned into eps = x_lin + (1 - tau) v. Its native call takes the linear path's own coordinates, (x_lin, T tau):
+    what the flow-matching loss trains and `ddpm_lite.flow.network_velocity` integrates."""
 
     def __init__(self, network: nn.Module, schedule: NoiseSchedule, prediction: NetworkOutput,
                  sigma_data: float = 0.5):
@@ -260,6 +272,9 @@ class Denoiser(nn.Module):
         self.learned_variance = bool(getattr(self.config, "learn_variance", False))
         if prediction == "eps" and not self.learned_variance:
             raise ValueError("prediction='eps' with fixed variances needs no Denoiser: the network predicts the noise")
+        if prediction == "flow" and self.learned_variance:
+            raise ValueError("prediction='flow' learns no variances: the velocity field gives the probability-flow ODE")
+        self.T = schedule.T  # a flow network's time input is T tau (math/flow_matching.tex eq:flow-time)
         self.network, self.prediction, self.sigma_data = network, prediction, sigma_data
         self.register_buffer("alpha_bar", schedule.alpha_bar.to(torch.float32), persistent=False)
         self.register_buffer("log_beta", schedule.beta.log().to(torch.float32), persistent=False)
@@ -277,6 +292,11 @@ class Denoiser(nn.Module):
     def predict(self, x_t: Tensor, t: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(eps, log Sigma), each (B, ...); log Sigma is None for a network with fixed variances.
         x_t: (B, ...); t: (B,) int64 in [0, T); y: (B,) labels for a class-conditional network."""
+        if self.prediction == "flow":
+            x_lin, tau = linear_from_vp(x_t, extract(self.alpha_bar, t, x_t))  # math/flow_matching.tex eq:linear-vp-change
+            time = self.T * tau.reshape(-1)  # math/flow_matching.tex eq:flow-time
+            v = self.network(x_lin, time) if y is None else self.network(x_lin, time, y)
+            return velocity_to_eps(x_lin, v, tau), None  # math/flow_matching.tex eq:velocity-conversions
         output = self._network(x_t, t, y)
         log_variance = None
         if self.learned_variance:
@@ -287,7 +307,10 @@ class Denoiser(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None, *, native: bool = False) -> Tensor:
         """The predicted noise (B, ...), or with native=True the network's raw output (B, ...), (B, 2 C, ...) when it
-        learns its variances. x_t: (B, ...); t: (B,) int64 in [0, T); y: (B,) labels."""
+        learns its variances. x_t: (B, ...); t: (B,) int64 in [0, T); y: (B,) labels. For "flow", native=True takes
+        the linear path's x_tau and time T tau (B,) float, and returns the velocity."""
+        if native and self.prediction == "flow":
+            return self.network(x_t, t) if y is None else self.network(x_t, t, y)
         if native:
             return self._network(x_t, t, y)
         return self.predict(x_t, t, y)[0]

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +39,7 @@ from ddpm_lite.devices import pick_device
 from ddpm_lite.distributed import stream_seed
 from ddpm_lite.forward import q_sample
 from ddpm_lite.elbo import vlb_term_bits
+from ddpm_lite.flow import flow_matching_loss
 from ddpm_lite.objectives import Objective, learned_log_variance, log_normal_timesteps, network_target, output_to_eps
 from ddpm_lite.schedules import NoiseSchedule, extract
 
@@ -101,6 +103,10 @@ def ddpm_loss(model: nn.Module, schedule: NoiseSchedule, x_0: Tensor, generator:
     if eps is None:
         eps = torch.randn(x_0.shape, generator=generator)  # 4. eps ~ N(0, I)
     t, eps = t.to(x_0.device), eps.to(x_0.device, x_0.dtype)
+    if objective is not None and objective.prediction == "flow":  # flow matching at tau = (t + 1/2) / T
+        tau = (t.to(x_0.dtype) + 0.5) / schedule.T  # math/flow_matching.tex eq:flow-time
+        native = partial(model, native=True)  # the Denoiser's velocity in the linear path's coordinates
+        return flow_matching_loss(native, x_0, y=y, tau=tau, eps=eps, time_scale=schedule.T)  # eq:cfm-loss
     x_t = q_sample(schedule, x_0, t, eps)  # math/forward.tex eq:reparam
     if objective is None or objective.is_l_simple:
         eps_theta = model(x_t, t) if y is None else model(x_t, t, y)
@@ -211,7 +217,10 @@ class _Streams:
                 t = log_normal_timesteps(schedule, torch.randn(self.share, generator=generator))
             else:
                 t = torch.randint(0, schedule.T, (self.share,), generator=generator)  # DDPM Algorithm 1, line 3
-            eps = torch.randn(x_0.shape, generator=generator)  # line 4
+            if self.config.paired_noise:  # reflow: the row is (x_0, its paired eps) on dim 1
+                x_0, eps = x_0.chunk(2, dim=1)
+            else:
+                eps = torch.randn(x_0.shape, generator=generator)  # line 4
             parts.append((x_0, y, t, eps))
         if len(parts) == 1:
             return parts[0]
