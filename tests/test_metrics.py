@@ -328,6 +328,37 @@ def test_digit_metrics_gives_a_bootstrap_standard_error_on_request(classifier, m
         digit_metrics(test_images, train_images, classifier, resamples=1)
 
 
+def test_reference_features_are_reused_only_while_nothing_changed(classifier, mnist, monkeypatch):
+    """digit_metrics reads the reference digits once for repeated calls with the same classifier and reference
+    (the same numbers, one read fewer), and again after an in-place edit of the reference or the weights, or for
+    another reference tensor with equal values. 50 generated vs 200 reference digits."""
+    import ddpm_lite.digits as digits
+
+    train_images, test_images, _, _ = mnist
+    reference, images = train_images[:200].clone(), test_images[:50]
+    reads = []
+    original = digits._features_and_probabilities
+    monkeypatch.setattr(digits, "_features_and_probabilities",
+                        lambda c, x, b: reads.append(len(x)) or original(c, x, b))
+    first = digit_metrics(images, reference, classifier)
+    second = digit_metrics(images, reference, classifier)
+    assert reads == [50, 200, 50] and second == first  # the reference (200) read once
+    reference[0] = -reference[0]  # an in-place edit: read again, and the distance changes
+    changed = digit_metrics(images, reference, classifier)
+    assert reads[-1] == 200 and changed.frechet_distance != first.frechet_distance
+    digit_metrics(images, reference.clone(), classifier)  # equal values, another tensor: read again
+    assert reads[-1] == 200
+    twin = type(classifier)()
+    twin.load_state_dict(classifier.state_dict())
+    before = len(reads)
+    digit_metrics(images, reference, twin)  # another classifier object
+    assert reads[before:] == [50, 200]
+    with torch.no_grad():
+        next(twin.parameters()).mul_(1.0)  # an in-place update of the weights bumps their version
+    digit_metrics(images, reference, twin)
+    assert reads[-1] == 200
+
+
 def test_digit_metrics_rejects_bad_input_naming_the_argument(classifier):
     with pytest.raises(ValueError, match=r"^images must be a \(N, 1, 28, 28\)"):
         digit_metrics(torch.zeros(4, 28, 28), torch.zeros(4, 1, 28, 28), classifier)

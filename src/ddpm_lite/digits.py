@@ -13,6 +13,7 @@ held-out digits against the training digits give its floor (results/digit_classi
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from importlib import resources
 
@@ -123,8 +124,30 @@ def _read(classifier: DigitClassifier | None, images: Tensor, reference: Tensor,
     check_positive_int("batch_size", batch_size)
     classifier = load_digit_classifier() if classifier is None else classifier
     features, probabilities = _features_and_probabilities(classifier, images, batch_size)
-    reference_features, _ = _features_and_probabilities(classifier, reference, batch_size)
-    return features, probabilities, reference_features
+    return features, probabilities, _reference_features(classifier, reference, batch_size)
+
+
+# The reference digits' features from the last call, reused while the same classifier object, with unchanged weights,
+# reads the same reference tensor, unchanged: notebooks and scripts score many sets of samples against one reference
+# set (4,500 training digits), and reading it costs more than reading the samples. Identity is checked through weak
+# references and changes through PyTorch's in-place version counters (Tensor._version), so an in-place edit of the
+# reference or of the weights recomputes. One entry, so it holds one (M, F) float64 tensor at most.
+_last_reference: tuple[weakref.ref, weakref.ref, tuple, Tensor] | None = None
+
+
+def _reference_features(classifier: DigitClassifier, reference: Tensor, batch_size: int) -> Tensor:
+    global _last_reference
+    try:
+        versions = (reference._version, tuple(p._version for p in classifier.parameters()))
+    except RuntimeError:  # inference tensors have no version counter: do not cache them
+        return _features_and_probabilities(classifier, reference, batch_size)[0]
+    if _last_reference is not None:
+        classifier_ref, reference_ref, cached_versions, features = _last_reference
+        if classifier_ref() is classifier and reference_ref() is reference and cached_versions == versions:
+            return features
+    features = _features_and_probabilities(classifier, reference, batch_size)[0]
+    _last_reference = (weakref.ref(classifier), weakref.ref(reference), versions, features)
+    return features
 
 
 def _features_and_probabilities(classifier: DigitClassifier, images: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
