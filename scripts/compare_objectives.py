@@ -61,6 +61,8 @@ OBJECTIVES: dict[str, tuple[str, dict, dict]] = {
     "edm": ("EDM: preconditioned F, EDM's weighting, log-normal noise levels (Karras et al. 2022)",
             dict(prediction="edm", loss_weighting="edm", noise_levels="log-normal"), {}),
     "hybrid": ("eps-prediction with learned variances, L_hybrid (Improved DDPM)", {}, dict(learn_variance=True)),
+    "flow": ("flow matching: the linear path's velocity, tau = (t + 1/2) / T (Lipman et al. 2023; Liu et al. 2023)",
+             dict(prediction="flow"), {}),
 }
 SAMPLES, DIGITS, BPD_SEED, PICK_SEED = 300, 50, 0, 11
 

@@ -5,7 +5,8 @@
 
 For each checkpoint, each NFE budget and each sampler (DDIM with eta = 0 on its uniform spacing; Heun and
 DPM-Solver++ 2M of ddpm_lite.solvers on each grid of --spacing, with the most steps the budget allows: Heun's N
-steps cost 2N - 1 evaluations): the offline digit metrics of n samples (`evaluate.fast_sampler_mnist_rows`; Frechet
+steps cost 2N - 1 evaluations; for a flow checkpoint also --samplers flow-euler flow-heun, its own ODE with steps
+uniform in tau, Heun's N steps costing 2N): the offline digit metrics of n samples (`evaluate.fast_sampler_mnist_rows`; Frechet
 distance in the course classifier's features, NOT Inception-FID, with its bootstrap standard error), beside DDPM with
 all T steps. --sigma-max caps the karras and log-snr grids, as EDM's 80, where the schedule's top level is far higher
 (20,291 for cosine betas; math/fast_sampling.tex eq:sigma-max-cap). Then, per checkpoint, the best sampler at 10 NFE
@@ -21,7 +22,8 @@ from typing import get_args
 import torch
 
 from ddpm_lite.evaluate import (
-    FAST_SAMPLERS, NFE_BUDGETS, fast_sampler_mnist_rows, machine_line, markdown_table, script_parser, write_rows,
+    FAST_SAMPLERS, FLOW_SAMPLERS, NFE_BUDGETS, fast_sampler_mnist_rows, machine_line, markdown_table, script_parser,
+    write_rows,
 )
 from ddpm_lite.solvers import SigmaSpacing, TimestepSpacing
 
@@ -59,7 +61,8 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--n", type=int, default=500, help="samples per cell (default 500)")
     parser.add_argument("--nfe", type=int, nargs="+", default=list(NFE_BUDGETS), help="NFE budgets")
-    parser.add_argument("--samplers", nargs="+", default=list(FAST_SAMPLERS), choices=FAST_SAMPLERS)
+    parser.add_argument("--samplers", nargs="+", default=list(FAST_SAMPLERS), choices=FAST_SAMPLERS + FLOW_SAMPLERS,
+                        help="flow-euler and flow-heun: a flow checkpoint's own ODE, uniform in tau")
     parser.add_argument("--spacing", nargs="+", default=["karras", "trailing"],
                         help="grids of the solvers (ddpm_lite.solvers.SigmaSpacing); DDIM and DDPM-T run once")
     parser.add_argument("--sigma-max", type=float, help="top level of the karras and log-snr grids (default: the "
@@ -81,7 +84,8 @@ def main() -> None:
     rows = []
     for checkpoint in args.checkpoints:
         for index, spacing in enumerate(args.spacing):
-            samplers = [s for s in args.samplers if s != "ddim" or index == 0]  # DDIM has its own (uniform) grid
+            samplers = [s for s in args.samplers  # DDIM and the flow samplers have their own (uniform) grids
+                        if (s != "ddim" and s not in FLOW_SAMPLERS) or index == 0]
             rows += fast_sampler_mnist_rows(checkpoint, args.n, args.nfe, samplers, spacing, args.batch,
                                             ddpm=not args.no_ddpm and index == 0, progress=True,
                                             sigma_max=args.sigma_max)

@@ -104,11 +104,15 @@ def ddim_mnist_rows(checkpoint: str | os.PathLike, n: int, device: str = "cpu", 
 
 
 FAST_SAMPLERS = ("ddim", "heun", "dpmpp-2m")  # DDIM (eta = 0) and the solvers of ddpm_lite.solvers
+FLOW_SAMPLERS = ("flow-euler", "flow-heun")  # ddpm_lite.flow.flow_sample on a flow network's own velocity, uniform in tau
 NFE_BUDGETS = (3, 5, 10, 20, 50)
 
 
 def solver_steps(sampler: str, budget: int) -> int:
-    """The most steps `sampler` takes within `budget` network evaluations: Heun's N steps cost 2N - 1, the others N."""
+    """The most steps `sampler` takes within `budget` network evaluations: Heun's N steps cost 2N - 1 (its last step
+    to sigma = 0 is Euler's), flow-heun's 2N (a flow's field is finite at tau = 0), the others N."""
+    if sampler == "flow-heun":
+        return max(budget // 2, 1)
     return (budget + 1) // 2 if sampler == "heun" else budget
 
 
@@ -119,15 +123,24 @@ def fast_sampler_mnist_rows(checkpoint: str | os.PathLike, n: int, budgets: Sequ
     """Digit quality against network evaluations (NFE): one row per (budget, sampler), plus a DDPM-T row first when
     `ddpm`. DDIM runs with eta = 0 on its uniform (leading) spacing; Heun and DPM-Solver++ 2M on `spacing`, each with
     the most steps its budget allows (`solver_steps`), a Karras or log-SNR grid capped at `sigma_max` when given (the
-    rows' `sigma_max` column is the grid's top level, blank for DDPM and DDIM). Offline digit metrics of n samples
+    rows' `sigma_max` column is the grid's top level, blank for DDPM and DDIM). A flow checkpoint (prediction
+    "flow") also runs `FLOW_SAMPLERS`, Euler and Heun on its own velocity with steps uniform in tau
+    (`ddpm_lite.flow.flow_sample`; spacing "uniform-tau"); the diffusion samplers run it through its noise
+    prediction. Offline digit metrics of n samples
     (Frechet distance in the course classifier's features, not Inception-FID, with its bootstrap standard error
     `frechet_se` over 100 resamplings of the n samples; confident share; classes) against the training digits;
     samples drawn `batch` at a time, batch k seeded 10 + its first row, the same noise for every cell; `seconds` is
     the sampling's wall time."""
+    from ddpm_lite.flow import flow_sample, network_velocity
+    from ddpm_lite.flow import nfe as flow_nfe
     from ddpm_lite.solvers import fast_sample, nfe, sigma_schedule
 
     model, schedule, config = load_for_sampling(checkpoint, device)
     sigma_schedule(schedule, 1, spacing, sigma_max=sigma_max)  # checks spacing and sigma_max before any sampling
+    flow = [sampler for sampler in samplers if sampler in FLOW_SAMPLERS]
+    if flow and config.prediction != "flow":
+        raise ValueError(f"samplers {flow} integrate a flow network's velocity, but {checkpoint} was trained with "
+                         f"prediction={config.prediction!r}")
     reference = load_mnist(train=True)[0].tensors[0]
     classifier = load_digit_classifier()
     cells = [("ddpm", config.T)] * ddpm + [(sampler, budget) for budget in budgets for sampler in samplers]
@@ -142,18 +155,23 @@ def fast_sampler_mnist_rows(checkpoint: str | os.PathLike, n: int, budgets: Sequ
                 return ddpm_sample(model, schedule, shape, generator=generator, progress=False)
             if sampler == "ddim":
                 return ddim_sample(model, schedule, shape, steps=steps, generator=generator, progress=False)
+            if sampler in FLOW_SAMPLERS:
+                return flow_sample(network_velocity(model, schedule.T), shape, steps=steps,
+                                   solver=sampler.removeprefix("flow-"), generator=generator, progress=False)
             return fast_sample(model, schedule, shape, solver=sampler, steps=steps, spacing=spacing,
                                sigma_max=sigma_max, generator=generator, progress=False)
 
         x = sample_in_batches(sample, n, batch, seed=10)
         seconds = time.perf_counter() - start  # sampling only
         m = digit_metrics(x.clamp(-1, 1), reference, classifier, resamples=100)
-        solver = sampler not in ("ddpm", "ddim")
+        solver = sampler in FAST_SAMPLERS and sampler != "ddim"
         top = round(sigma_schedule(schedule, steps, spacing, sigma_max=sigma_max)[0].item(), 1) if solver else ""
+        spent = (flow_nfe(sampler.removeprefix("flow-"), steps) if sampler in FLOW_SAMPLERS
+                 else nfe(sampler, steps) if solver else steps)
         rows.append(dict(model=Path(checkpoint).stem, sampler=sampler,
-                         spacing={"ddpm": "all", "ddim": "uniform"}.get(sampler, spacing), sigma_max=top,
-                         budget=budget, steps=steps,
-                         nfe=steps if sampler in ("ddpm", "ddim") else nfe(sampler, steps), n=n,
+                         spacing={"ddpm": "all", "ddim": "uniform"}.get(sampler, "uniform-tau" if sampler in FLOW_SAMPLERS
+                                                                             else spacing),
+                         sigma_max=top, budget=budget, steps=steps, nfe=spent, n=n,
                          frechet_distance=round(m.frechet_distance, 3), frechet_se=round(m.frechet_se, 3),
                          confident_share=round(m.confident_share, 4),
                          classes_covered=m.classes_covered, seconds=round(seconds, 1)))

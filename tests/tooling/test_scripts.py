@@ -101,6 +101,37 @@ def test_fast_samplers_mnist_runs_and_gives_each_sampler_its_budget(tmp_path):
     assert [row["sigma_max"] for row in rows[:3]] == ["", "157.4", "157.4"]  # DDIM's grid is its own
 
 
+def test_fast_samplers_mnist_runs_a_flow_checkpoint_on_its_own_ode(tmp_path):
+    """A tiny flow-matching UNet (2 training steps): --samplers flow-euler flow-heun ddim at 3 and 10 evaluations gives
+    flow-euler 3 and 10 steps, flow-heun 1 and 5 steps (2 and 10 NFE: Heun on every step), each on its uniform tau
+    grid, and DDIM through the flow network's noise prediction; an eps checkpoint refuses the flow samplers."""
+    from ddpm_lite.checkpoints import export_checkpoint, CHECKPOINT_NAME
+    from ddpm_lite.data import load_mnist
+    from ddpm_lite.models import UNetConfig
+    from ddpm_lite.train import train
+
+    config = dataclasses.replace(CONFIGS["mnist"], name="tiny-flow", prediction="flow", steps=2, batch_size=4,
+                                 warmup=1, channels_last=False,
+                                 model=UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                                                  attention_resolutions=(), groups=4))
+    train(config, load_mnist(train=True)[0].tensors[0][:64], tmp_path / "run", progress=False)
+    checkpoint = export_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, tmp_path / "tiny_flow.pt")
+    out = tmp_path / "flow.csv"
+    command = [sys.executable, str(SCRIPTS / "fast_samplers_mnist.py"), str(checkpoint), "--n", "4", "--batch", "4",
+               "--nfe", "3", "10", "--samplers", "flow-euler", "flow-heun", "ddim", "--spacing", "karras", "trailing",
+               "--no-ddpm", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=600)
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["sampler"], row["spacing"], row["steps"], row["nfe"]) for row in rows] == [
+        ("flow-euler", "uniform-tau", "3", "3"), ("flow-heun", "uniform-tau", "1", "2"), ("ddim", "uniform", "3", "3"),
+        ("flow-euler", "uniform-tau", "10", "10"), ("flow-heun", "uniform-tau", "5", "10"),
+        ("ddim", "uniform", "10", "10")]
+    assert all(float(row["frechet_distance"]) > 0 and row["sigma_max"] == "" for row in rows)
+    command[command.index(str(checkpoint))] = str(SCRIPTS.parent / "checkpoints" / "mnist.pt")
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode != 0 and "integrate a flow network's velocity" in finished.stderr
+
+
 def test_fast_samplers_mnist_caps_the_karras_grid_and_refuses_a_cap_on_timestep_spacings(tmp_path):
     """--sigma-max 80 on the tuned preset's cosine schedule (top level 20,291): the rows' sigma_max column is the cap;
     a cap with the trailing spacing is refused before any sampling."""
@@ -199,6 +230,7 @@ def test_compare_objectives_changes_only_the_objective():
         assert changed <= {"name", "model", "prediction", "loss_weighting", "noise_levels"}, (name, changed)
     assert objective_config("eps").prediction == "eps" and objective_config("eps").loss_weighting is None
     assert objective_config("hybrid").model.learn_variance and not objective_config("v").model.learn_variance
+    assert objective_config("flow").prediction == "flow" and objective_config("flow").loss_weighting is None
     edm = objective_config("edm")
     assert (edm.prediction, edm.loss_weighting, edm.noise_levels) == ("edm", "edm", "log-normal")
 
