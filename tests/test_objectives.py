@@ -13,7 +13,7 @@ import torch
 
 from ddpm_lite.configs import CONFIGS, TrainConfig
 from ddpm_lite.mixture import MixtureEpsModel, default_mixture
-from ddpm_lite.models import MLPConfig
+from ddpm_lite.models import MLP, MLPConfig
 from ddpm_lite.objectives import (
     Denoiser,
     Prediction,
@@ -455,3 +455,25 @@ def test_learned_variance_needs_a_network_that_learns_them():
     with pytest.raises(ValueError, match="vlb_weight must be"):
         TrainConfig(**{**{f: getattr(CONFIGS["2d"], f) for f in CONFIGS["2d"].__dataclass_fields__},
                        "vlb_weight": -1.0})
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v", "flow"])
+def test_denoisers_run_in_the_solvers_between_grid_levels(prediction):
+    """The solvers call a model at fractional timesteps between grid levels (t linear in log sigma,
+    eq:t-of-sigma-continuous); a Denoiser then uses the level that mapping implies: at an integer t it is the grid's
+    alpha_bar exactly, at t + 1/2 the geometric mean of the two sigmas. DPM-Solver++ 2M on Karras' grid runs it."""
+    from ddpm_lite.solvers import fast_sample
+
+    schedule = NoiseSchedule.named("cosine", 1000)
+    torch.manual_seed(0)
+    model = Denoiser(MLP(MLPConfig()), schedule, prediction)
+    x = torch.zeros(2, 2, dtype=torch.float64)  # the level comes back in x's dtype
+    on_grid = model._alpha_bar(torch.tensor([10.0, 700.0]), x).flatten()  # from the float32 buffer
+    torch.testing.assert_close(on_grid, schedule.alpha_bar[[10, 700]], rtol=1e-6, atol=0)
+    sigma = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
+    between = model._alpha_bar(torch.tensor([10.5]), x[:1]).flatten()
+    torch.testing.assert_close(((1 - between) / between).sqrt(), (sigma[10] * sigma[11]).sqrt().reshape(1),
+                               rtol=1e-5, atol=0)
+    out = fast_sample(model, schedule, (4, 2), solver="dpmpp-2m", steps=5, spacing="karras", sigma_max=80.0,
+                      generator=torch.Generator().manual_seed(1), progress=False)
+    assert out.shape == (4, 2) and bool(torch.isfinite(out).all())

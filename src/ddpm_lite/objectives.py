@@ -281,10 +281,24 @@ class Denoiser(nn.Module):
         self.register_buffer("log_beta_tilde", schedule.posterior_log_variance_clipped.to(torch.float32),
                              persistent=False)
 
+    def _alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
+        """alpha_bar at code timesteps t (B,), broadcastable to `like`. A fractional t, as the solvers pass between
+        grid levels (`ddpm_lite.solvers.eps_at_sigma`: t linear in log sigma, diffusers' `_sigma_to_t`), gets the
+        level that mapping implies: log sigma interpolated linearly in t between its two grid neighbours."""
+        if not torch.is_floating_point(t):
+            return extract(self.alpha_bar, t, like)
+        t = t.to(self.alpha_bar.device, torch.float64).clamp(0, len(self.alpha_bar) - 1)
+        low = t.floor().long().clamp(max=len(self.alpha_bar) - 2)
+        weight = t - low
+        log_sigma = 0.5 * (torch.log1p(-self.alpha_bar.double()) - torch.log(self.alpha_bar.double()))
+        log_level = (1 - weight) * log_sigma[low] + weight * log_sigma[low + 1]
+        alpha_bar = torch.sigmoid(-2 * log_level)  # 1 / (1 + sigma^2)
+        return alpha_bar.to(like.device, like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
     def _network(self, x_t: Tensor, t: Tensor, y: Tensor | None) -> Tensor:
         inputs = x_t
         if self.prediction == "edm":  # the network sees c_in x_bar, x_bar = x_t / a (math/ddim.tex eq:ddim-ode-back)
-            alpha_bar = extract(self.alpha_bar, t, x_t)
+            alpha_bar = self._alpha_bar(t, x_t)
             _, _, c_in, _ = edm_coefficients(((1 - alpha_bar) / alpha_bar).sqrt(), self.sigma_data)
             inputs = c_in * x_t / alpha_bar.sqrt()
         return self.network(inputs, t) if y is None else self.network(inputs, t, y)
@@ -293,7 +307,7 @@ class Denoiser(nn.Module):
         """(eps, log Sigma), each (B, ...); log Sigma is None for a network with fixed variances.
         x_t: (B, ...); t: (B,) int64 in [0, T); y: (B,) labels for a class-conditional network."""
         if self.prediction == "flow":
-            x_lin, tau = linear_from_vp(x_t, extract(self.alpha_bar, t, x_t))  # math/flow_matching.tex eq:linear-vp-change
+            x_lin, tau = linear_from_vp(x_t, self._alpha_bar(t, x_t))  # math/flow_matching.tex eq:linear-vp-change
             time = self.T * tau.reshape(-1)  # math/flow_matching.tex eq:flow-time
             v = self.network(x_lin, time) if y is None else self.network(x_lin, time, y)
             return velocity_to_eps(x_lin, v, tau), None  # math/flow_matching.tex eq:velocity-conversions
@@ -302,7 +316,7 @@ class Denoiser(nn.Module):
         if self.learned_variance:
             output, v = output.chunk(2, dim=1)
             log_variance = _interpolate(self.log_beta, self.log_beta_tilde, v, t)  # as `learned_log_variance`
-        alpha_bar = extract(self.alpha_bar, t, x_t)
+        alpha_bar = self._alpha_bar(t, x_t)
         return output_to_eps(self.prediction, output, x_t, alpha_bar, self.sigma_data), log_variance
 
     def forward(self, x_t: Tensor, t: Tensor, y: Tensor | None = None, *, native: bool = False) -> Tensor:
