@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from ddpm_lite import exercises
+from ddpm_lite.exercises.flow import _RecordingVelocity
+from ddpm_lite.flow import flow_matching_loss, flow_sample, linear_path
 from ddpm_lite.forward import q_sample
 from ddpm_lite.models import MLP, MLPConfig
 from ddpm_lite.schedules import NoiseSchedule
@@ -38,6 +40,8 @@ SOLVED = [  # (checker, solution file, function)
     ("check_dpmpp_2m_step", "10_fast_sampling", "your_dpmpp_2m_step"),
     ("check_v_target", "11_objectives", "your_v_target"),
     ("check_eps_from_v", "11_objectives", "your_eps_from_v"),
+    ("check_flow_matching_loss", "12_flow_matching", "your_flow_matching_loss"),
+    ("check_flow_euler_step", "12_flow_matching", "your_euler_step"),
 ]
 
 
@@ -62,7 +66,9 @@ def test_the_solution_passes(check, notebook, name, capsys):
     and eq:posterior-variance (q_posterior), eq:gaussian-kl (normal_kl), eq:l-simple (the loss), eq:ddpm-step with
     eq:reverse-variance-choices (ddpm_step), eq:ddim-step with eq:ddim-sigma (ddim_step), eq:score-from-eps,
     eq:tweedie (the score view, where eq:predict-x0 names the usual confusion), eq:cfg (guidance), eq:heun-step and
-    eq:dpmpp-2m (the solvers of notebook 10), eq:v-definition and eq:eps-from-v (v-prediction, notebook 11)."""
+    eq:dpmpp-2m (the solvers of notebook 10), eq:v-definition and eq:eps-from-v (v-prediction, notebook 11),
+    eq:cfm-loss with eq:linear-path and eq:conditional-velocity (the flow-matching loss) and eq:flow-euler (one Euler
+    step of the flow's ODE, notebook 12)."""
     assert getattr(exercises, check)(solution(notebook, name)) is True
     out = capsys.readouterr().out
     assert out.startswith(f"{check}: {name} matches ") and out.count("\n") == 1
@@ -265,6 +271,48 @@ def eps_from_v_as_from_x0(schedule, x_t, t, v):
     return (x_t - alpha_bar.sqrt() * v) / (1 - alpha_bar).sqrt()
 
 
+def tau_per_example(tau, x):  # (B,) -> (B, 1, ..., 1), like the solution
+    return tau.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+
+
+def flow_loss_target_flipped(velocity_model, x_0, tau, eps):
+    tau_b = tau_per_example(tau, x_0)
+    return ((velocity_model((1 - tau_b) * x_0 + tau_b * eps, tau) - (x_0 - eps)) ** 2).mean()
+
+
+def flow_loss_time_flipped(velocity_model, x_0, tau, eps):
+    """Lipman et al.'s and Liu et al.'s direction of time (noise at 0) in the course's loss."""
+    tau_b = tau_per_example(tau, x_0)
+    return ((velocity_model(tau_b * x_0 + (1 - tau_b) * eps, tau) - (eps - x_0)) ** 2).mean()
+
+
+def flow_loss_summed(velocity_model, x_0, tau, eps):
+    tau_b = tau_per_example(tau, x_0)
+    return ((velocity_model((1 - tau_b) * x_0 + tau_b * eps, tau) - (eps - x_0)) ** 2).sum()
+
+
+def flow_loss_at_one_minus_tau(velocity_model, x_0, tau, eps):
+    tau_b = tau_per_example(tau, x_0)
+    return ((velocity_model((1 - tau_b) * x_0 + tau_b * eps, 1 - tau) - (eps - x_0)) ** 2).mean()
+
+
+def flow_loss_vp_path(velocity_model, x_0, tau, eps):
+    tau_b = tau_per_example(tau, x_0)
+    return ((velocity_model((1 - tau_b).sqrt() * x_0 + tau_b.sqrt() * eps, tau) - (eps - x_0)) ** 2).mean()
+
+
+def euler_step_sign_flipped(velocity, x, tau, tau_next):
+    return x + (tau - tau_next) * velocity(x, tau)
+
+
+def euler_velocity_at_tau_next(velocity, x, tau, tau_next):
+    return x + (tau_next - tau) * velocity(x, tau_next)
+
+
+def euler_without_step_size(velocity, x, tau, tau_next):
+    return x - velocity(x, tau)
+
+
 WRONG = [  # (checker, wrong version, fragments the message must contain)
     ("check_q_sample", q_sample_without_root, ["coefficient of x_0", "sqrt(alpha_bar[t]) without the square root"]),
     ("check_q_sample", q_sample_with_beta, ["coefficient of eps", "with alpha[t] in place of alpha_bar[t]"]),
@@ -306,6 +354,21 @@ WRONG = [  # (checker, wrong version, fragments the message must contain)
     ("check_v_target", v_target_without_roots, ["coefficient of eps", "coefficient of x_0", "without the square root"]),
     ("check_eps_from_v", eps_from_v_swapped, ["coefficient of x_t", "are the two swapped?"]),
     ("check_eps_from_v", eps_from_v_as_from_x0, ["coefficient of x_t is", "coefficient of v is"]),
+    ("check_flow_matching_loss", flow_loss_target_flipped,
+     ["the loss itself is wrong", "yours is the target x_0 - eps, the sign flipped"]),
+    ("check_flow_matching_loss", flow_loss_time_flipped,
+     ["not the linear path's", "the first is tau = 0", "coefficient of x_0 is 0 where the linear path has 1 - tau",
+      "coefficient of eps", "the direction of time flipped"]),
+    ("check_flow_matching_loss", flow_loss_summed, ["yours is the sum over the batch and every coordinate"]),
+    ("check_flow_matching_loss", flow_loss_at_one_minus_tau,
+     ["called velocity_model at tau = [1, 0, ", "yours is 1 - tau, the direction of time flipped"]),
+    ("check_flow_matching_loss", flow_loss_vp_path, ["coefficient of x_0", "yours equals sqrt(1 - tau)"]),
+    ("check_flow_euler_step", euler_step_sign_flipped,
+     ["coefficient of velocity(x, tau) is 0.1 where Euler's method has tau_next - tau = -0.1", "sign flipped"]),
+    ("check_flow_euler_step", euler_velocity_at_tau_next,
+     ["your output equals x + (tau_next - tau) velocity(x, tau_next): the velocity evaluated at the end"]),
+    ("check_flow_euler_step", euler_without_step_size,
+     ["3 of 4 cases differ", "yours equals -1: x - velocity, without the step size"]),
 ]
 
 
@@ -389,6 +452,42 @@ def test_the_loss_checker_compares_with_ddpm_loss():
         assert_close(F.mse_loss(model(q_sample(schedule, x_0, t, eps), t), eps), expected, rtol=0.0, atol=0.0)
         assert_close(solution("04_training_2d", "your_ddpm_loss")(model, schedule, x_0, t, eps), expected,
                      rtol=1e-6, atol=1e-7)
+
+
+def test_the_flow_loss_checker_compares_with_flow_matching_loss(capsys):
+    """eq:cfm-loss: the flow-loss check's reference, the mean of (v(linear_path(x_0, eps, tau), tau) - (eps - x_0))^2 on
+    its stand-in model, is what `flow_matching_loss` computes at time_scale=1.0; a model fed the library's time
+    (1000 tau) is told so."""
+    generator = torch.Generator().manual_seed(0)
+    x_0, eps = (torch.randn(5, 2, 3, 4, generator=generator, dtype=torch.float64) for _ in range(2))
+    tau = torch.tensor([0.0, 0.3, 0.5, 0.9, 1.0], dtype=torch.float64)
+    model = _RecordingVelocity(torch.randn(24, 24, generator=generator, dtype=torch.float64))
+    expected = flow_matching_loss(model, x_0, tau=tau, eps=eps, time_scale=1.0)
+    assert_close((model(linear_path(x_0, eps, tau), tau) - (eps - x_0)).pow(2).mean(), expected, rtol=0.0, atol=0.0)
+    assert_close(solution("12_flow_matching", "your_flow_matching_loss")(model, x_0, tau, eps), expected,
+                 rtol=1e-12, atol=0.0)
+
+    def library_default(velocity_model, x_0, tau, eps):
+        return flow_matching_loss(velocity_model, x_0, tau=tau, eps=eps)  # time_scale=1000
+
+    assert exercises.check_flow_matching_loss(library_default) is False
+    assert "yours is 1000 tau, flow_matching_loss's default time_scale" in capsys.readouterr().out
+    assert exercises.check_flow_matching_loss(
+        lambda velocity_model, x_0, tau, eps: flow_matching_loss(velocity_model, x_0, tau=tau, eps=eps,
+                                                                 time_scale=1.0)) is True
+
+
+def test_the_euler_checker_is_one_step_of_flow_sample(capsys):
+    """eq:flow-euler: a whole flow_sample run of one Euler step from tau to tau_next passes the step's checker, and
+    Heun's step (eq:flow-heun) does not."""
+    def one_step(velocity, x, tau, tau_next, solver="euler"):
+        return flow_sample(velocity, tuple(x.shape), taus=torch.tensor([tau, tau_next], dtype=torch.float64),
+                           solver=solver, x_1=x, progress=False)
+
+    assert exercises.check_flow_euler_step(one_step) is True
+    assert exercises.check_flow_euler_step(lambda velocity, x, tau, tau_next: one_step(velocity, x, tau, tau_next,
+                                                                                        "heun")) is False
+    assert "does not match ddpm_lite.flow.flow_sample" in capsys.readouterr().out
 
 
 def test_float32_tables_pass_the_tolerance(capsys):

@@ -16,6 +16,8 @@ Where each checker lives (each module's docstring lists its checkers' signatures
                           v-prediction stands for)
     solvers               notebook 10: check_heun_step, check_dpmpp_2m_step (steps of EDM's Heun sampler and of
                           DPM-Solver++ 2M in the sigma view)
+    flow                  notebook 12: check_flow_matching_loss, check_flow_euler_step (the conditional
+                          flow-matching loss and one Euler step of the flow's ODE, in flow time tau)
     _engine               the grading engine: calling your function safely, comparing, and naming the mistake
     _inputs               the inputs the checkers share: schedules, timesteps, tables, the usual slips, stand-ins
 """
@@ -28,7 +30,9 @@ from ddpm_lite.exercises.sampling import (
 )
 from ddpm_lite.exercises.objectives import check_eps_from_v, check_v_target
 from ddpm_lite.exercises.solvers import check_dpmpp_2m_step, check_heun_step
+from ddpm_lite.exercises.flow import check_flow_euler_step, check_flow_matching_loss
 
 __all__ = ["check_ddim_step", "check_ddpm_loss", "check_ddpm_step", "check_dpmpp_2m_step", "check_eps_from_v",
-           "check_guided_eps", "check_heun_step", "check_normal_kl", "check_q_posterior", "check_q_sample",
-           "check_score_from_eps", "check_timestep_embedding", "check_tweedie_x0", "check_v_target"]
+           "check_flow_euler_step", "check_flow_matching_loss", "check_guided_eps", "check_heun_step",
+           "check_normal_kl", "check_q_posterior", "check_q_sample", "check_score_from_eps",
+           "check_timestep_embedding", "check_tweedie_x0", "check_v_target"]
