@@ -107,13 +107,15 @@ def mixture_velocity(mixture: GaussianMixture, x_tau: Tensor, tau: Tensor | floa
     x = x_tau.to(torch.float64)
     tau = _tau(tau, x).reshape(-1, 1)  # (B, 1) or (1, 1)
     variance = (1 - tau) ** 2 * mixture.stds**2 + tau**2  # (B, K): v_k
-    centred = x[:, None, :] - (1 - tau)[..., None] * mixture.means  # (B, K, D): x - (1 - tau) mu_k
-    log_joint = (torch.log(mixture.weights) - 0.5 * centred.pow(2).sum(-1) / variance
+    # ||x - (1 - tau) mu_k||^2 expanded, so that no (B, K, D) tensor is formed (the samplers call this per step)
+    squared_distance = (x.pow(2).sum(1, keepdim=True) - 2 * (1 - tau) * (x @ mixture.means.T)
+                        + (1 - tau) ** 2 * mixture.means.pow(2).sum(1)).clamp(min=0)  # (B, K)
+    log_joint = (torch.log(mixture.weights) - 0.5 * squared_distance / variance
                  - 0.5 * mixture.dim * torch.log(2 * math.pi * variance))  # log w_k N(x; (1 - tau) mu_k, v_k I)
     posterior = torch.softmax(log_joint, dim=-1)  # (B, K): P(k | x_tau)
-    gain = (tau - (1 - tau) * mixture.stds**2) / variance  # (B, K)
-    per_component = gain[..., None] * centred - mixture.means  # math/flow_matching.tex eq:mixture-velocity
-    return (posterior[..., None] * per_component).sum(1)
+    weighted_gain = posterior * (tau - (1 - tau) * mixture.stds**2) / variance  # (B, K): P(k | x_tau) gain_k
+    # sum_k P(k | x) [gain_k (x - (1 - tau) mu_k) - mu_k]; math/flow_matching.tex eq:mixture-velocity
+    return weighted_gain.sum(1, keepdim=True) * x - (1 - tau) * (weighted_gain @ mixture.means) - posterior @ mixture.means
 
 
 def mixture_velocity_fn(mixture: GaussianMixture) -> VelocityFn:

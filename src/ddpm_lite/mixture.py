@@ -88,7 +88,10 @@ class GaussianMixture:
         """x: (..., D) -> (..., K) float64: log w_k + log N(x; mu_k, s_k^2 I)."""
         if x.shape[-1:] != (self.dim,):
             raise ValueError(f"x must have shape (..., {self.dim}), got shape {tuple(x.shape)}")
-        squared_distance = ((x.to(torch.float64)[..., None, :] - self.means) ** 2).sum(-1)
+        x = x.to(torch.float64)
+        # ||x - mu_k||^2 = ||x||^2 - 2 x . mu_k + ||mu_k||^2: one (..., D) x (D, K) product instead of a (..., K, D)
+        # tensor of differences; the exact score and its solvers call this once per step on thousands of points.
+        squared_distance = (x.pow(2).sum(-1, keepdim=True) - 2 * x @ self.means.T + self.means.pow(2).sum(-1)).clamp(min=0)
         return (
             torch.log(self.weights)
             - 0.5 * squared_distance / self.stds**2
@@ -102,9 +105,9 @@ class GaussianMixture:
 
     def score(self, x: Tensor) -> Tensor:
         """Exact grad_x log p(x) = sum_k P(k | x) (mu_k - x) / s_k^2. x: (..., D) -> (..., D) float64."""
-        posterior = torch.softmax(self._joint_log_prob(x), dim=-1)  # (..., K)
-        pull = self.means - x.to(torch.float64)[..., None, :]  # (..., K, D)
-        return ((posterior / self.stds**2)[..., None] * pull).sum(-2)
+        x = x.to(torch.float64)
+        precision = torch.softmax(self._joint_log_prob(x), dim=-1) / self.stds**2  # (..., K): P(k | x) / s_k^2
+        return precision @ self.means - precision.sum(-1, keepdim=True) * x  # sum_k P(k | x) (mu_k - x) / s_k^2
 
     def noised(self, alpha_bar: float | Tensor) -> GaussianMixture:
         """The law of x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps (DDPM eq. (4)) for x_0 ~ self, eps ~ N(0, I).
@@ -186,9 +189,10 @@ def mixture_eps(mixture: GaussianMixture, schedule: NoiseSchedule, x_t: Tensor, 
     if x_t.ndim != 2 or x_t.shape[1] != mixture.dim:
         raise ValueError(f"x_t must have shape (B, {mixture.dim}), got {tuple(x_t.shape)}")
     t = check_timesteps(schedule, t, x_t.shape[0])
+    steps = t.unique().tolist()
     eps = torch.empty(x_t.shape, dtype=torch.float64)
-    for step in t.unique().tolist():  # one closed-form marginal per distinct timestep
-        rows = t == step
+    for step in steps:  # one closed-form marginal per distinct timestep
+        rows = slice(None) if len(steps) == 1 else t == step  # the samplers' and the bound's calls: one t, no copy
         alpha_bar = schedule.alpha_bar[step].item()
         score = mixture.noised(alpha_bar).score(x_t[rows])
         eps[rows] = -math.sqrt(1 - alpha_bar) * score
