@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lab test notebooks slides slides-offline pdf clean
+.PHONY: install lab test notebooks translations slides slides-offline pdf clean
 
 install: $(STAMP)
 
@@ -26,14 +26,25 @@ test: install
 ## Re-execute every notebook in place (outputs are committed) and strip widget state and timings.
 notebooks: install
 	$(BIN)/python -m tools.execute_notebooks notebooks/*.ipynb
+	$(BIN)/python -m tools.translations build
 
-## Export every notebook to a reveal.js deck, build/slides/NN_name.slides.html (reveal.js and MathJax from CDNs).
+## The Chinese edition: update the catalogs locale/zh_CN/LC_MESSAGES/*.po from the English notebooks (translate what
+## they list as untranslated or fuzzy, with Poedit or any PO editor), then build notebooks/zh/ and check it.
+translations: install
+	$(BIN)/python -m tools.translations extract
+	$(BIN)/python -m tools.translations build
+	$(BIN)/python -m tools.translations check
+
+## Export every notebook to a reveal.js deck, build/slides/NN_name.slides.html (reveal.js and MathJax from CDNs),
+## and the Chinese edition's to build/slides/zh/.
 slides: install
 	$(BIN)/python tools/slides.py --out build/slides notebooks/*.ipynb
+	$(BIN)/python tools/slides.py --out build/slides/zh notebooks/zh/*.ipynb
 
 ## The same decks for a room without internet: reveal.js and MathJax fetched with npm into build/slides/vendor/.
 slides-offline: install
 	$(BIN)/python tools/slides.py --offline --out build/slides notebooks/*.ipynb
+	$(BIN)/python tools/slides.py --offline --out build/slides/zh notebooks/zh/*.ipynb
 
 ## Build the derivation notes in math/ to PDF (needs latexmk and TeX Live; see math/Makefile).
 pdf:

@@ -69,11 +69,16 @@ OFFLINE_TEMPLATE = {"offline.html.j2": "{%- extends 'index.html.j2' -%}\n"
 BADGE = re.compile(r"^\s*\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)[ \t]*\n?", re.MULTILINE)
 WIDGET = "application/vnd.jupyter.widget-view+json"
 PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's text form, "DDPM:   0%|          | 0/1000"
-WIDGET_NOTE = "<p><em>Interactive widget: open the notebook to use it.</em></p>"
+WIDGET_NOTES = {"en": "<p><em>Interactive widget: open the notebook to use it.</em></p>",
+                "zh-CN": "<p><em>交互控件：请打开笔记本使用。</em></p>"}  # by the notebook's metadata.language
 
 
 class SlidesOnly(Preprocessor):
     """Drop the Colab badge from markdown and replace widget outputs, which a static deck cannot run."""
+
+    def preprocess(self, nb, resources):
+        self.note = WIDGET_NOTES[nb.metadata.get("language", "en")]  # the Chinese edition's notebooks say zh-CN
+        return super().preprocess(nb, resources)
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type == "markdown":
@@ -85,7 +90,7 @@ class SlidesOnly(Preprocessor):
                 if WIDGET not in data:
                     outputs.append(output)
                 elif not PROGRESS_BAR.search(data.get("text/plain", "")):
-                    outputs.append(nbformat.v4.new_output("display_data", data={"text/html": WIDGET_NOTE}))
+                    outputs.append(nbformat.v4.new_output("display_data", data={"text/html": self.note}))
             cell.outputs = outputs
         return cell, resources
 

@@ -222,3 +222,48 @@ def test_offline_deck_renders_with_the_network_off(browser, tmp_path, private_ho
     assert state["ready"] and state["hash"] == "#/1", f"reveal.js did not start or move: {state}; see {tmp_path}"
     assert state["errors"] == 0 and state["typeset"] >= formulas(NOTEBOOK), (
         f"{state['typeset']} formulas typeset ({state['errors']} errors), {formulas(NOTEBOOK)} in the markdown")
+
+
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.mark.timeout(120)
+def test_chinese_deck_renders_cjk_text_and_math(browser, tmp_path, private_home):
+    """The Chinese edition's deck of notebook 02 (`make slides-offline` builds build/slides/zh/), offline: MathJax
+    typesets every formula, and Chromium draws the Chinese text of the title slide with a font that has the glyphs.
+    Asked through the DevTools protocol (CSS.getPlatformFontsForNode, the fonts the renderer used for a node's
+    text): at least as many glyphs come from a CJK font as the heading has Chinese characters. Without one
+    (fonts-noto-cjk; .ci/run installs it) the characters fall back to a Latin font and show as empty boxes."""
+    vendored = ROOT / "build" / "slides" / "vendor"
+    if not (vendored / "mathjax" / "MathJax.js").exists():
+        pytest.skip("needs the vendored reveal.js and MathJax: run `make slides-offline` first (.ci/run does)")
+    notebook = ROOT / "notebooks" / "zh" / "02_posterior.ipynb"
+    deck = slides.export(notebook, tmp_path, offline=True)
+    (tmp_path / "vendor").symlink_to(vendored)
+    context = browser.new_context(offline=True, viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(deck.as_uri())
+    try:
+        page.wait_for_function("document.querySelector('.reveal.ready') !== null", timeout=30_000)
+        page.wait_for_function("window.MathJax && MathJax.Hub && MathJax.Hub.queue.pending === 0"
+                               " && document.querySelectorAll('.MathJax_CHTML').length > 0", timeout=60_000)
+    except PlaywrightTimeout:
+        pass  # the assertions below say what is missing
+    page.screenshot(path=tmp_path / "deck.png")
+    typeset = page.evaluate("document.querySelectorAll('.MathJax_CHTML').length")
+    errors = page.evaluate("document.querySelectorAll('.MathJax_CHTML .mjx-merror, .MathJax_Error').length")
+    assert errors == 0 and typeset >= formulas(notebook), f"{typeset} formulas typeset ({errors} errors); see {tmp_path}"
+
+    heading = page.locator(".reveal .slides h1").first
+    text = heading.inner_text()
+    assert len(CJK.findall(text)) >= 4, f"the title is not Chinese: {text!r}"
+    session = context.new_cdp_session(page)
+    session.send("DOM.enable")
+    session.send("CSS.enable")
+    root = session.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+    node = session.send("DOM.querySelector", {"nodeId": root, "selector": ".reveal .slides h1"})["nodeId"]
+    fonts = session.send("CSS.getPlatformFontsForNode", {"nodeId": node})["fonts"]
+    cjk_glyphs = sum(font["glyphCount"] for font in fonts if re.search(r"CJK|Han|Hei|Ming|Song|Kai|WenQuanYi", font["familyName"]))
+    assert cjk_glyphs >= len(CJK.findall(text)), (
+        f"the title's {len(CJK.findall(text))} Chinese characters were drawn with {fonts}: no CJK font (empty boxes); "
+        f"see {tmp_path / 'deck.png'}")
