@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lab test notebooks translations slides slides-offline pdf clean
+.PHONY: install lab test notebooks translations slides slides-offline site pdf clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ slides: install
 slides-offline: install
 	$(BIN)/python tools/slides.py --offline --out build/slides notebooks/*.ipynb
 	$(BIN)/python tools/slides.py --offline --out build/slides/zh notebooks/zh/*.ipynb
+
+## The course website in English and Chinese, build/site/{en,zh}/ (Sphinx with myst-nb; the notebooks' committed
+## outputs, the reading map, the math notes' PDFs when `make pdf` has built them, the decks, search); open
+## build/site/index.html.
+site: install
+	$(BIN)/python -m tools.site
 
 ## Build the derivation notes in math/ to PDF (needs latexmk and TeX Live; see math/Makefile).
 pdf:
