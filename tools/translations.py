@@ -79,16 +79,21 @@ def glossary(path: Path = GLOSSARY) -> list[Term]:
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
         if len(cells) < 2 or cells[0] in ("English", "---") or not row.startswith("|") or cells[1] in ("—", "", "---"):
             continue
-        english = tuple(name.strip() for name in re.sub(r"\(.*?\)", "", cells[0]).split(",") if name.strip())
-        forms = []
-        for group in cells[1].split("；"):
-            first, _, rest = group.partition("（")
-            forms.append(first)
-            forms += [re.sub(r"^[^：]*：", "", alt) for alt in re.split(r"[、，]", rest.rstrip("）"))]
-        forms = [_squeeze(form) for form in forms]  # "$v$ 预测" -> "v预测": compared with the text squeezed alike
-        chinese = tuple(dict.fromkeys(form for form in forms if form))
-        terms.append(Term(english, chinese))
+        english = tuple(" ".join(name.split()) for name in re.sub(r"\(.*?\)", "", cells[0]).split(",") if name.strip())
+        groups = [_forms(group) for group in cells[1].split("；")]
+        if len(groups) == len(english) > 1:  # "drift, diffusion coefficient | 漂移系数；扩散系数": one term each
+            terms += [Term((name,), forms) for name, forms in zip(english, groups)]
+        else:
+            terms.append(Term(english, tuple(dict.fromkeys(form for forms in groups for form in forms))))
     return terms
+
+
+def _forms(group: str) -> tuple[str, ...]:
+    """"前向过程（正向过程、扩散过程）" -> ("前向过程", "正向过程", "扩散过程"), squeezed ("$v$ 预测" -> "v预测", as the
+    text it is compared with); "噪声（台：雜訊）" keeps "雜訊"."""
+    first, _, rest = group.partition("（")
+    forms = [first] + [re.sub(r"^[^：]*：", "", alt) for alt in re.split(r"[、，]", rest.rstrip("）"))]
+    return tuple(dict.fromkeys(_squeeze(form) for form in forms if _squeeze(form)))
 
 
 def term_problems(english: str, chinese: str, terms: list[Term]) -> list[str]:

@@ -105,6 +105,9 @@ def test_the_glossary_is_read_and_enforced():
     assert len(terms) > 100
     forward = next(term for term in terms if term.english == ("forward process",))
     assert forward.chinese == ("前向过程", "正向过程", "扩散过程", "加噪过程")
+    drift = next(term for term in terms if term.english == ("drift",))  # "drift, diffusion coefficient" row, paired
+    assert "扩散系数" not in drift.chinese and "漂移系数" in drift.chinese
+    assert translations.term_problems("The drift of the SDE.", "SDE 的扩散系数。", terms) != []
     names = [name.lower() for term in terms for name in term.english]
     assert len(names) == len(set(names)), "an English term with two rows: one translation per term"
 
