@@ -20,10 +20,10 @@ in when they are built, and linked from the index; otherwise the index links the
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
-import tarfile
 from pathlib import Path
 
 import nbformat
@@ -87,14 +87,7 @@ def _relink(text: str, here: Path, staged: set[Path]) -> str:
     they reach a staged page, else pointed at the file on GitHub."""
 
     def fix(match: re.Match) -> str:
-        target = (here / match.group(2)).as_posix()
-        parts = []
-        for part in target.split("/"):
-            if part == "..":
-                parts.pop() if parts else None
-            elif part not in ("", "."):
-                parts.append(part)
-        resolved = Path(*parts) if parts else Path(".")
+        resolved = Path(os.path.normpath(here / match.group(2)))  # repository path, ".." folded
         if resolved in staged:
             return match.group(0)
         return f"{match.group(1)}{BLOB}/{resolved.as_posix()}{match.group(3) or ''}{match.group(4)}"
@@ -178,13 +171,10 @@ def stage(language: str, out: Path) -> Path:
 def _vendor_mathjax(target: Path) -> None:
     """MathJax 3's TeX-to-HTML bundle and its fonts, from the npm registry (cached in build/npm/ as the slides'
     packages are), so that the site typesets offline and asks no CDN."""
-    with tarfile.open(slides._npm_pack(f"mathjax@{MATHJAX}", ROOT / "build" / "npm")) as tar:
-        for member in tar.getmembers():
-            path = member.name.split("/", 1)[1]  # npm tarballs hold everything under package/
-            if member.isfile() and path.startswith(MATHJAX_FILES) and ".." not in Path(path).parts:
-                destination = target / path.removeprefix("es5/")
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                destination.write_bytes(tar.extractfile(member).read())
+    for path, data in slides.package_files(f"mathjax@{MATHJAX}", MATHJAX_FILES, ROOT / "build" / "npm"):
+        destination = target / path.removeprefix("es5/")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(data)
 
 
 def _counterpart(page: Path, language: str) -> Path:

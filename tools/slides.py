@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -191,6 +192,16 @@ def _npm_pack(spec: str, cache: Path) -> Path:
     return tarball
 
 
+def package_files(spec: str, keep: tuple[str, ...], cache: Path) -> Iterator[tuple[str, bytes]]:
+    """(path inside the package, contents) of the files of npm package `spec` whose path starts with one of `keep`
+    (the tarball fetched by `_npm_pack` into `cache`)."""
+    with tarfile.open(_npm_pack(spec, cache)) as tar:
+        for member in tar.getmembers():
+            path = member.name.split("/", 1)[1]  # npm tarballs hold everything under package/
+            if member.isfile() and path.startswith(keep) and ".." not in Path(path).parts:
+                yield path, tar.extractfile(member).read()
+
+
 def vendor(out_dir: Path, cache: Path) -> int:
     """Unpack VENDOR's files into out_dir/vendor/<package>/ and return the bytes written.
 
@@ -201,21 +212,16 @@ def vendor(out_dir: Path, cache: Path) -> int:
     remove_vendored(out_dir)
     written = 0
     for name, (version, keep) in VENDOR.items():
-        with tarfile.open(_npm_pack(f"{name}@{version}", cache)) as tar:
-            for member in tar.getmembers():
-                path = member.name.split("/", 1)[1]  # npm tarballs hold everything under package/
-                if not member.isfile() or not path.startswith(keep) or ".." in Path(path).parts:
-                    continue
-                data = tar.extractfile(member).read()
-                if path.endswith(".css"):
-                    css = re.sub(r"@import\s+url\(\s*['\"]?https?://[^)]*\)\s*;?", "", data.decode("utf-8"))
-                    if re.search(r"url\(\s*['\"]?(?:https?:)?//", css):
-                        raise SystemExit(f"{name}/{path} loads a remote url() that the offline deck cannot reach")
-                    data = css.encode("utf-8")
-                destination = target / name / path
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                destination.write_bytes(data)
-                written += len(data)
+        for path, data in package_files(f"{name}@{version}", keep, cache):
+            if path.endswith(".css"):
+                css = re.sub(r"@import\s+url\(\s*['\"]?https?://[^)]*\)\s*;?", "", data.decode("utf-8"))
+                if re.search(r"url\(\s*['\"]?(?:https?:)?//", css):
+                    raise SystemExit(f"{name}/{path} loads a remote url() that the offline deck cannot reach")
+                data = css.encode("utf-8")
+            destination = target / name / path
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(data)
+            written += len(data)
     return written
 
 

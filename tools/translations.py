@@ -196,8 +196,9 @@ def catalog_problems(notebook: Path, language: str) -> list[Problem]:
     catalog = polib.pofile(str(path), wrapwidth=0)
     by_id = {entry.msgctxt: entry for entry in catalog if not entry.obsolete}
     terms = glossary()
+    cells = _markdown_cells(nbformat.read(notebook, as_version=4))
     found = []
-    for index, cell in _markdown_cells(nbformat.read(notebook, as_version=4)):
+    for index, cell in cells:
         entry = by_id.get(cell.id)
         if entry is None or entry.msgid != cell.source:
             found.append(Problem(notebook.name, index, "its English text changed since the catalog was extracted "
@@ -209,7 +210,7 @@ def catalog_problems(notebook: Path, language: str) -> list[Problem]:
         else:
             found += [Problem(notebook.name, index, what) for what in
                       term_problems(cell.source, entry.msgstr, terms) + markup_problems(cell.source, entry.msgstr)]
-    ids = {cell.id for _, cell in _markdown_cells(nbformat.read(notebook, as_version=4))}
+    ids = {cell.id for _, cell in cells}
     found += [Problem(notebook.name, None, f"obsolete entry {entry.msgctxt!r}: its cell was deleted")
               for entry in catalog if entry.obsolete or entry.msgctxt not in ids]
     return found
