@@ -25,7 +25,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor, nn
 
 from ddpm_lite.checks import check_finite_number
@@ -202,6 +201,8 @@ def probability_flow_sample(
     # 1. x_bar at sigma_{T-1}: x_T / sqrt(alpha_bar_{T-1}) = x_T sqrt(1 + sigma_{T-1}^2); math/ddim.tex eq:ddim-ode-back
     x_bar_T = x_T.detach().to("cpu", torch.float64) * math.sqrt(1 + noise_level_max**2)
     # 2. integrate d x_bar / d sigma = eps down to sigma = 0 (math/score_sde.tex eq:pf-ode-ddim)
+    from scipy.integrate import solve_ivp  # here, not at the top: scipy.integrate takes 0.5 s to import
+
     solution = solve_ivp(velocity, (noise_level_max, 0.0), x_bar_T.reshape(-1).numpy(), method=method, rtol=rtol, atol=atol)
     if not solution.success:
         raise RuntimeError(f"solve_ivp ({method}) failed: {solution.message}")
