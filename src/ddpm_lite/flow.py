@@ -280,14 +280,15 @@ def straightness(velocity: VelocityFn, x_1: Tensor, *, steps: int = 100, solver:
     grid of the ODE solve. 0 exactly when every trajectory is a straight line at constant speed. Returns (B,)
     float64, per sample (divide by the dimension for a per-coordinate value). math/flow_matching.tex eq:straightness"""
     taus = flow_taus(steps)
-    path = [(taus[0].item(), x_1.clone(), velocity(x_1, taus[0].item()))]
+    calls = []  # every velocity the solver evaluates, in order; each step's first is at the trajectory's point
 
-    def record(i: int, tau: float, x: Tensor) -> None:
-        tau_next = taus[i + 1].item()
-        path.append((tau_next, x.clone(), velocity(x, tau_next)))
+    def traced(x: Tensor, tau: float) -> Tensor:
+        calls.append(velocity(x, tau))
+        return calls[-1]
 
-    x_0 = flow_sample(velocity, tuple(x_1.shape), taus=taus, solver=solver, x_1=x_1, callback=record, progress=False)
+    x_0 = flow_sample(traced, tuple(x_1.shape), taus=taus, solver=solver, x_1=x_1, progress=False)
+    on_path = calls[::2 if solver == "heun" else 1] + [velocity(x_0, taus[-1].item())]  # tau_0, ..., tau_N
     chord = (x_1 - x_0).flatten(1).to(torch.float64)
-    gaps = [(chord - v.flatten(1).to(torch.float64)).pow(2).sum(1) for _, _, v in path]
+    gaps = [(chord - v.flatten(1).to(torch.float64)).pow(2).sum(1) for v in on_path]
     widths = (taus[:-1] - taus[1:]).tolist()
     return sum(w * 0.5 * (gaps[i] + gaps[i + 1]) for i, w in enumerate(widths))  # math/flow_matching.tex eq:straightness
