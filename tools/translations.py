@@ -93,7 +93,7 @@ def _forms(group: str) -> tuple[str, ...]:
     text it is compared with); "噪声（台：雜訊）" keeps "雜訊"."""
     first, _, rest = group.partition("（")
     forms = [first] + [re.sub(r"^[^：]*：", "", alt) for alt in re.split(r"[、，]", rest.rstrip("）"))]
-    return tuple(dict.fromkeys(_squeeze(form) for form in forms if _squeeze(form)))
+    return tuple(dict.fromkeys(squeezed for squeezed in map(_squeeze, forms) if squeezed))
 
 
 def term_problems(english: str, chinese: str, terms: list[Term]) -> list[str]:
