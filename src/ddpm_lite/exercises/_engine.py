@@ -125,6 +125,31 @@ def _expect_like(fn: Callable, yours: object, library: Tensor, case: str, hint: 
     return yours
 
 
+def _expect_one_number(fn: Callable, loss: object, case: str, what: str) -> None:
+    """Fail unless a loss checker's `fn` returned a one-element tensor; `what` says which number it should be."""
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise _CheckFailed(f"{_name_of(fn)} returned {_shape_of(loss)} on {case}; {what}")
+
+
+def _first_input(fn: Callable, model: object, who: str, case: str) -> tuple[Tensor, Tensor]:
+    """The (x, time) that `fn` first gave the recording stand-in `model`; fail if it never called it."""
+    if not model.inputs:
+        raise _CheckFailed(f"{_name_of(fn)} never called {who} on {case}")
+    return model.inputs[0]
+
+
+def _expect_loss(fn: Callable, loss: Tensor, library: Tensor, mistakes: Sequence[tuple[str, Tensor]], *, case: str,
+                 loss_name: str, given: str) -> None:
+    """Fail unless a loss computed from the right inputs equals the library's (rtol 1e-6), naming the first of
+    `mistakes` (what it would be, its value) that it equals instead."""
+    loss = loss.detach().to(torch.float64).reshape(())
+    if torch.isclose(loss, library, rtol=1e-6, atol=1e-12):
+        return
+    named = [text for text, value in mistakes if torch.isclose(loss, value, rtol=1e-6, atol=1e-12)]
+    raise _CheckFailed(f"{_name_of(fn)} returned {loss.item():.6g} where {loss_name} is {library.item():.6g} on "
+                       f"{case}; {given}, so the loss itself is wrong" + (f": yours is {named[0]}" if named else ""))
+
+
 @dataclass(frozen=True)
 class _Mismatch:
     wrong: Tensor  # (N,) bool: the examples that differ

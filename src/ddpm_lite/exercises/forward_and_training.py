@@ -19,8 +19,8 @@ from torch import Tensor
 
 from ddpm_lite.elbo import normal_kl
 from ddpm_lite.exercises._engine import (
-    _call, _Call, _check_linear, _CheckFailed, _concat, _expect_like, _fail_with, _linear_lines, _mismatch, _Mistake,
-    _name_of, _report, _shape_of, _Term, _wrong_line,
+    _call, _Call, _check_linear, _CheckFailed, _concat, _expect_like, _expect_loss, _expect_one_number, _fail_with,
+    _first_input, _linear_lines, _mismatch, _Mistake, _name_of, _report, _shape_of, _Term, _wrong_line,
 )
 from ddpm_lite.exercises._inputs import (
     _IMAGE, _MUTATIONS, _describe, _labels, _randn, _RecordingModel, _schedule_cases, _solution, _tables,
@@ -182,12 +182,9 @@ def check_ddpm_loss(fn: Callable, *, seed: int = 0) -> bool:
             loss = _call(fn, dict(model=model, schedule=schedule, x_0=x_0, t=t, eps=eps), case=case,
                          solution=_solution("04_training_2d"))
             x_t = q_sample(schedule, x_0, t, eps)  # Algorithm 1 line 5's input; math/forward.tex eq:reparam
-            if not isinstance(loss, Tensor) or loss.numel() != 1:
-                raise _CheckFailed(f"{_name_of(fn)} returned {_shape_of(loss)} on {case}; L_simple is one number, the "
-                                   f"mean over the batch and every coordinate (F.mse_loss(eps_theta, eps))")
-            if not model.inputs:
-                raise _CheckFailed(f"{_name_of(fn)} never called the model on {case}")
-            given_x, given_t = model.inputs[0]
+            _expect_one_number(fn, loss, case, "L_simple is one number, the mean over the batch and every coordinate "
+                                               "(F.mse_loss(eps_theta, eps))")
+            given_x, given_t = _first_input(fn, model, "the model", case)
             if given_t.shape != t.shape or not torch.equal(given_t.to(torch.float64), t.to(torch.float64)):
                 paper = given_t.shape == t.shape and torch.equal(given_t.to(torch.float64), t + 1.0)
                 raise _CheckFailed(f"{_name_of(fn)} called the model with t = {given_t.tolist()} where t = "
@@ -201,26 +198,20 @@ def check_ddpm_loss(fn: Callable, *, seed: int = 0) -> bool:
                        f"{_name_of(fn)} called the model with an x_t that is not q_sample's (DDPM eq. 4; "
                        f"math/forward.tex eq:reparam): ")
             # x_t is q_sample's (to _RTOL); L_simple on the x_t given, so that only the loss itself can differ
-            loss, eps_theta = loss.detach().to(torch.float64).reshape(()), _RecordingModel()(given_x, t)
+            eps_theta = _RecordingModel()(given_x, t)
             library = F.mse_loss(eps_theta, eps)  # DDPM Algorithm 1 line 5, eq. (14); math/elbo.tex eq:l-simple
-            if not torch.isclose(loss, library, rtol=1e-6, atol=1e-12):
-                error = eps - eps_theta
-                named = [text for text, value in [
-                    ("the sum over the batch and every coordinate; L_simple is the mean", (error**2).sum()),
-                    ("the mean over the batch of each example's sum; L_simple is the mean over the coordinates too",
-                     (error**2).flatten(1).sum(1).mean()),
-                    ("the error against x_0; the network predicts eps, so eps is the target",
-                     F.mse_loss(eps_theta, x_0)),
-                    ("the error against x_t; the network predicts eps, so eps is the target",
-                     F.mse_loss(eps_theta, x_t)),
-                    ("the root of the mean squared error; L_simple is not square-rooted", library.sqrt()),
-                    ("the mean absolute error; L_simple squares the error", error.abs().mean()),
-                    ("the mean of (eps + eps_theta)^2: a sign", ((eps + eps_theta) ** 2).mean()),
-                ] if torch.isclose(loss, value, rtol=1e-6, atol=1e-12)]
-                raise _CheckFailed(f"{_name_of(fn)} returned {loss.item():.6g} where L_simple (DDPM eq. 14; "
-                                   f"math/elbo.tex eq:l-simple) is {library.item():.6g} on {case}; the model was "
-                                   f"given the right x_t and t, so the loss itself is wrong"
-                                   + (f": yours is {named[0]}" if named else ""))
+            error = eps - eps_theta
+            _expect_loss(fn, loss, library, [
+                ("the sum over the batch and every coordinate; L_simple is the mean", (error**2).sum()),
+                ("the mean over the batch of each example's sum; L_simple is the mean over the coordinates too",
+                 (error**2).flatten(1).sum(1).mean()),
+                ("the error against x_0; the network predicts eps, so eps is the target", F.mse_loss(eps_theta, x_0)),
+                ("the error against x_t; the network predicts eps, so eps is the target", F.mse_loss(eps_theta, x_t)),
+                ("the root of the mean squared error; L_simple is not square-rooted", library.sqrt()),
+                ("the mean absolute error; L_simple squares the error", error.abs().mean()),
+                ("the mean of (eps + eps_theta)^2: a sign", ((eps + eps_theta) ** 2).mean()),
+            ], case=case, loss_name="L_simple (DDPM eq. 14; math/elbo.tex eq:l-simple)",
+                given="the model was given the right x_t and t")
         return (f"{_name_of(fn)} matches L_simple as ddpm_lite.train.ddpm_loss computes it, on {len(cases)} batches "
                 f"(both schedules, t = 0 and T-1 included)")
 
