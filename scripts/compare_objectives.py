@@ -13,17 +13,17 @@
         the markdown tables for results/, and with --out the quality curves as CSV and each digit's bits/dim
         beside it (NAME_bpd.csv; a notebook recomputes any digit's value exactly).
 
-Each objective trains the `mnist` preset's UNet (cosine betas, batch 64, AdamW 1e-3, EMA with warm-up; the same
-seed, so the same initial weights and the same digits at every step) for the same number of steps, changing only
-TrainConfig's objective options (math/objectives.tex): what the network outputs (`prediction`), the weight over
-noise levels (`loss_weighting`), how the noise levels are drawn (`noise_levels`) and whether the network learns its
-variances (Improved DDPM's L_hybrid). 2,000 steps is about the ten-minute budget of the preset on 2 cores
-(results/benchmarks.md). Every `--every` steps the EMA weights are scored as quality_per_minute.py scores them
-(`evaluate.digit_quality`: 300 DDIM-100 samples with eta = 1, the same starting noise for every objective; Frechet
-distance in the course classifier's features, NOT Inception-FID, with its bootstrap standard error; the share of
-confident digits). At the end, each model's bits/dim on `--digits` held-out digits drawn at random
-(`evaluate.bits_per_dim_per_digit`, all 1,000 terms, each digit with its own noise, the same for every model, so
-differences are paired): with the fixed reverse variance tilde-beta, and for the learned-variance model also with
+Each objective trains round 1's `mnist` preset, `mnist-round1` (its UNet, cosine betas, batch 64, AdamW 1e-3, EMA with
+warm-up; eps-prediction is its objective; the same seed, so the same initial weights and the same digits at every step)
+for the same number of steps, changing only TrainConfig's objective options (math/objectives.tex): what the network
+outputs (`prediction`), the weight over noise levels (`loss_weighting`), how the noise levels are drawn
+(`noise_levels`) and whether the network learns its variances (Improved DDPM's L_hybrid). 2,000 steps is about the
+ten-minute budget of the preset on 2 cores (results/benchmarks.md). Every `--every` steps the EMA weights are scored as
+quality_per_minute.py scores them (`evaluate.digit_quality`: 300 DDIM-100 samples with eta = 1, the same starting noise
+for every objective; Frechet distance in the course classifier's features, NOT Inception-FID, with its bootstrap
+standard error; the share of confident digits). At the end, each model's bits/dim on `--digits` held-out digits drawn
+at random (`evaluate.bits_per_dim_per_digit`, all 1,000 terms, each digit with its own noise, the same for every model,
+so differences are paired): with the fixed reverse variance tilde-beta, and for the learned-variance model also with
 its own variances.
 """
 
@@ -48,10 +48,10 @@ from ddpm_lite.evaluate import bits_per_dim_per_digit, digit_quality, machine_li
 from ddpm_lite.schedules import NoiseSchedule
 from ddpm_lite.train import train
 
-BASE = CONFIGS["mnist"]
+BASE = CONFIGS["mnist-round1"]  # the objectives were compared from round 1's preset (eps-prediction)
 # name -> (what it is, TrainConfig fields, UNetConfig fields)
 OBJECTIVES: dict[str, tuple[str, dict, dict]] = {
-    "eps": ("eps-prediction, L_simple (DDPM; the preset)", {}, {}),
+    "eps": ("eps-prediction, L_simple (DDPM; round 1's preset)", {}, {}),
     "x0": ("x_0-prediction, its plain MSE", dict(prediction="x0"), {}),
     "v": ("v-prediction, its plain MSE (Salimans & Ho 2022)", dict(prediction="v"), {}),
     "min-snr": ("eps-prediction, min-SNR-5 weighting (Hang et al. 2023)", dict(loss_weighting="min-snr"), {}),

@@ -4,9 +4,9 @@
         [--out FILE.csv]
 
 In one run on one machine, with the thread count fixed:
-1. trains `ddpm_lite`'s `mnist` preset (UNet of `ddpm_lite.models`, cosine betas, AdamW 1e-3 with warm-up, gradient
-   clipping, EMA 0.999 with warm-up, batch 64, channels_last; tuned with scripts/tune_mnist.py) for `--minutes`
-   of wall time;
+1. trains `ddpm_lite`'s `mnist` preset (UNet of `ddpm_lite.models`, x_0-prediction, cosine betas, AdamW 1e-3 with
+   warm-up, gradient clipping, EMA 0.999 with warm-up, batch 64, channels_last; tuned with scripts/tune_mnist.py)
+   for `--minutes` of wall time;
 2. trains the baseline a learner would otherwise write, the Hugging Face diffusion course's recipe: a diffusers
    `UNet2DModel` of the same size (channels 32/64/64, one ResNet layer per block, attention at the lowest
    resolution; 1,112,801 parameters, like the course's UNet), `DDPMScheduler(beta_schedule="squaredcos_cap_v2")`,

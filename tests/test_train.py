@@ -117,7 +117,9 @@ def test_presets_are_valid():
     assert (round_1.schedule, round_1.ema_warmup, before.schedule, before.ema_warmup) == ("cosine", True, "linear", False)
     assert dataclasses.replace(before, name="mnist-round1", schedule="cosine", ema_warmup=True,
                                channels_last=True) == round_1
-    assert dataclasses.replace(round_1, name="mnist") == CONFIGS["mnist"]
+    # Round 2 changed the objective only: x_0-prediction with its plain MSE.
+    assert dataclasses.replace(round_1, name="mnist", prediction="x0") == CONFIGS["mnist"]
+    assert (round_1.prediction, round_1.loss_weighting) == ("eps", None)
     assert CONFIGS["cifar10"].lr == 2e-4 and CONFIGS["cifar10"].batch_size == 128
     assert CONFIGS["cifar10"].ema_decay == 0.9999 and CONFIGS["cifar10"].model.dropout == 0.1
     assert CONFIGS["cifar10"].random_flip and CONFIGS["cifar10"].steps == 800_000  # DDPM appendix B

@@ -87,13 +87,13 @@ CONFIGS: dict[str, TrainConfig] = {
     # 2-D mixture: the MLP learns it in well under a minute on a laptop CPU.
     "2d": TrainConfig(name="2d", data="mixture", model=MLPConfig(), steps=2000, batch_size=256, lr=2e-3,
                       warmup=100, ema_decay=0.995, checkpoint_every=500),
-    # MNIST on a CPU: a small UNet (attention at 7x7), cosine betas and an EMA with warm-up, tuned for sample quality
-    # per CPU-minute (scripts/tune_mnist.py; the record is results/benchmarks.md).
+    # MNIST on a CPU: a small UNet (attention at 7x7), cosine betas, an EMA with warm-up and x_0-prediction, tuned for
+    # sample quality per CPU-minute in two rounds (scripts/tune_mnist.py; the record is results/benchmarks.md).
     "mnist": TrainConfig(name="mnist", data="mnist", model=UNetConfig(num_res_blocks=1), schedule="cosine",
                          steps=4500, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, ema_warmup=True,
-                         checkpoint_every=250, sample_every=1000, channels_last=True),
-    # The `mnist` preset as round 1 of the tuning left it (results/benchmarks.md), kept as the reference its second
-    # round is measured against (scripts/quality_per_minute.py's third row).
+                         checkpoint_every=250, sample_every=1000, channels_last=True, prediction="x0"),
+    # The `mnist` preset as round 1 of the tuning left it (eps-prediction, L_simple; results/benchmarks.md), kept as
+    # the reference its second round is measured against (scripts/quality_per_minute.py's third row).
     "mnist-round1": TrainConfig(name="mnist-round1", data="mnist", model=UNetConfig(num_res_blocks=1), schedule="cosine",
                                 steps=4500, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, ema_warmup=True,
                                 checkpoint_every=250, sample_every=1000, channels_last=True),

@@ -32,7 +32,7 @@ def test_variants_change_what_they_say():
     assert _show("preset") == config_to_dict(CONFIGS["mnist-ddpm"])
     assert _show("cosine") == config_to_dict(dataclasses.replace(CONFIGS["mnist-ddpm"], schedule="cosine"))
     assert _show("no-attn")["model"]["attention_resolutions"] == []
-    round_1 = dict(config_to_dict(CONFIGS["mnist"]), name="mnist-ddpm")  # round 2 starts from the `mnist` preset
+    round_1 = dict(config_to_dict(CONFIGS["mnist-round1"]), name="mnist-ddpm")  # round 2 starts from round 1's preset
     assert _show("mnist") == round_1
     assert _show("mnist-v-min-snr-seed2") == dict(round_1, prediction="v", loss_weighting="min-snr", seed=2)
 
@@ -224,7 +224,7 @@ def test_compare_objectives_changes_only_the_objective():
         from compare_objectives import OBJECTIVES, objective_config
     finally:
         sys.path.remove(str(SCRIPTS))
-    base = config_to_dict(CONFIGS["mnist"])
+    base = config_to_dict(CONFIGS["mnist-round1"])
     for name in OBJECTIVES:
         changed = {key for key, value in config_to_dict(objective_config(name)).items() if base[key] != value}
         assert changed <= {"name", "model", "prediction", "loss_weighting", "noise_levels"}, (name, changed)
